@@ -1,0 +1,26 @@
+"""cad's configuration keys.
+
+`add_cad_config(cfg)` adds every key cad reads to a Detectron2 `CfgNode`, with its default
+and a one-line comment. Call it right after `get_cfg()`; `cad.engine.setup_cfg` does.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_cad_config(cfg: CN) -> None:
+    """Add all cad keys (in place) to a Detectron2 config."""
+    _add_runtime_config(cfg)
+
+
+def _add_runtime_config(cfg: CN) -> None:
+    cfg.CAD = CN()
+    # Trainer class from cad.engine.TRAINER_REGISTRY that tools/train_net.py builds.
+    cfg.CAD.TRAINER = "CadTrainer"
+    # torch intra-op threads per process; 0 keeps torch's default. On small CPUs one thread per
+    # process avoids oversubscription (measured ~3x slower with 2 threads on a busy 2-core box).
+    cfg.CAD.NUM_THREADS = 0
+    # Number of prediction PNGs written after --eval-only (Detectron2 Visualizer); 0 = none.
+    cfg.CAD.VIS_NUM_IMAGES = 0
+    # Minimum score of the predictions drawn in those PNGs.
+    cfg.CAD.VIS_SCORE_THRESH = 0.5
+    # COCOeval maxDets for the class-agnostic evaluator (LVIS-style evaluation uses 300).
+    cfg.CAD.EVAL_MAX_DETS = 100

@@ -1,0 +1,44 @@
+"""Predefined splits under `$DETECTRON2_DATASETS` (see datasets/README.md).
+
+Registration only records paths; nothing touches the disk until a split is loaded, and a
+missing split then raises one `DatasetMissingError` naming the path it looked for.
+"""
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
+from cad.data.paths import datasets_root
+from cad.data.synthetic import SHAPES_SPLITS, load_shapes
+from cad.data.voc import register_class_agnostic_voc
+
+# name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
+_COCO_FORMAT_SPLITS = {
+    "cls_agnostic_coco_train_17": ("coco/train2017", "coco/annotations/instances_train2017.json", "COCO", {}),
+    "cls_agnostic_coco_val_17": ("coco/val2017", "coco/annotations/instances_val2017.json", "COCO", {}),
+    "cls_agnostic_coco20k": ("coco/train2014", "coco/annotations/coco20k_trainval_gt.json", "COCO", {}),
+    # LVIS v1 val in CutLER's "cocofied" class-agnostic JSON; LVIS-style evaluation keeps 300 detections.
+    "cls_agnostic_lvis_val": ("coco", "coco/annotations/lvis1.0_cocofied_val_cls_agnostic.json", "LVIS", {"max_dets": 300}),
+}
+
+# name -> (VOC folder, image-set, year)
+_VOC_SPLITS = {
+    "voc07_trainval": ("VOC2007", "trainval", 2007),
+    "voc07_test": ("VOC2007", "test", 2007),
+    "voc12_trainval": ("VOC2012", "trainval", 2012),
+}
+
+
+def register_all(root: Path) -> None:
+    """Register every predefined split of this module with Detectron2's catalogs."""
+    for name, (images, ann, section, extra) in _COCO_FORMAT_SPLITS.items():
+        register_class_agnostic_coco(name, root / ann, root / images, section, **extra)
+    for name, (folder, split, year) in _VOC_SPLITS.items():
+        # VOC splits are evaluated class-agnostically (COCO-style AP); LOST's CorLoc uses them too.
+        register_class_agnostic_voc(name, root / folder, split, year, "class_agnostic")
+    for name in SHAPES_SPLITS:
+        DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
+        MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
+
+
+register_all(datasets_root())

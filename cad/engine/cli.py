@@ -1,0 +1,61 @@
+"""The `tools/train_net.py` command line: parse, then train/evaluate locally or submit to SLURM."""
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from detectron2.engine import default_argument_parser
+
+from cad.data.mapper import CorruptImageError
+from cad.data.paths import DatasetMissingError
+from cad.engine.launch import launch
+from cad.engine.setup import ConfigError, build_cfg
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  tools/train_net.py --config-file configs/Foundation/mask_rcnn_R_18_FPN_synthetic.yaml
+  tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+  tools/train_net.py --config-file CFG --num-gpus 8 --slurm --partition gpu --nodes 2 --job-dir jobs/run1
+"""
+
+
+def train_argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's standard arguments plus cad's dataset and SLURM options."""
+    parser = default_argument_parser(epilog=EXAMPLES)
+    parser.add_argument("--train-dataset", default="", help="override DATASETS.TRAIN with this one split")
+    parser.add_argument("--test-dataset", default="", help="override DATASETS.TEST with this one split")
+    slurm = parser.add_argument_group("SLURM (submitit)")
+    slurm.add_argument("--slurm", action="store_true", help="submit the run through submitit instead of running it")
+    slurm.add_argument("--partition", default="", help="SLURM partition")
+    slurm.add_argument("--nodes", type=int, default=1, help="number of nodes; --num-gpus processes on each")
+    slurm.add_argument("--tasks-per-node", type=int, default=1, help="submitit tasks per node (1 on SLURM)")
+    slurm.add_argument("--cpus-per-task", type=int, default=10)
+    slurm.add_argument("--timeout", type=int, default=60 * 72, help="job time limit in minutes")
+    slurm.add_argument("--job-dir", default="jobs", help="submitit logs; default OUTPUT_DIR is JOB_DIR/output")
+    slurm.add_argument("--job-name", default="cad")
+    slurm.add_argument(
+        "--slurm-cluster", default=None, choices=[None, "slurm", "local", "debug"],
+        help="submitit executor: slurm when available by default; local/debug run on this machine",
+    )
+    return parser
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Entry point of tools/train_net.py; returns the exit status."""
+    args = train_argument_parser().parse_args(argv)
+    from cad.engine.train import main  # imports the models (slow); after --help
+
+    try:
+        build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
+        if args.slurm:
+            from cad.engine.slurm import submit
+
+            job = submit(main, args)
+            print(f"submitted job {job.job_id}")
+            return 0
+        launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+    except (ConfigError, DatasetMissingError, CorruptImageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,70 @@
+"""Multi-process launch that also works without CUDA (gloo backend, one process per "GPU")."""
+import logging
+from datetime import timedelta
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.engine.launch import _find_free_port
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def dist_backend() -> str:
+    """NCCL when CUDA is available, else gloo."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def launch(
+    main_func: Callable,
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: Sequence = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> None:
+    """Run `main_func(*args)` in `num_gpus_per_machine` processes on each of `num_machines`.
+
+    Same contract as `detectron2.engine.launch`, whose v0.6 hard-codes NCCL: on a machine
+    without CUDA the processes use gloo and `--num-gpus N` means N CPU processes.
+    """
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        main_func(*args)
+        return
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    mp.start_processes(
+        _worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
+        daemon=False,
+        start_method="spawn",
+    )
+
+
+def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout):
+    global_rank = machine_rank * num_gpus_per_machine + local_rank
+    backend = dist_backend()
+    if backend == "nccl":
+        if num_gpus_per_machine > torch.cuda.device_count():
+            raise RuntimeError(f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} GPUs visible")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout)
+    # Detectron2's comm helpers need the group of the ranks on this machine.
+    for i in range(world_size // num_gpus_per_machine):
+        group = dist.new_group(list(range(i * num_gpus_per_machine, (i + 1) * num_gpus_per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()

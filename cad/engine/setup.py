@@ -1,0 +1,70 @@
+"""Build a frozen config from command-line arguments, adapted to the machine."""
+import argparse
+import difflib
+import logging
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+
+from cad.config import add_cad_config
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config file, key, value or dataset name that cannot be used."""
+
+
+def build_cfg(args: argparse.Namespace) -> CfgNode:
+    """Defaults + cad keys + `--config-file` + `--train/test-dataset` + trailing overrides.
+
+    Raises `ConfigError` (one line) for an unknown key or an unregistered dataset name.
+    """
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(list(args.opts))
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {e.filename or args.config_file}") from e
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"bad config in {args.config_file} or overrides: {e}") from e
+    if getattr(args, "train_dataset", None):
+        cfg.DATASETS.TRAIN = (args.train_dataset,)
+    if getattr(args, "test_dataset", None):
+        cfg.DATASETS.TEST = (args.test_dataset,)
+    check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    adapt_to_device(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def check_datasets(names) -> None:
+    """Raise `ConfigError` naming the closest registered splits when a name is unknown."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown dataset '{name}'{hint} (registered splits: datasets/README.md)")
+
+
+def adapt_to_device(cfg: CfgNode) -> None:
+    """Without CUDA: MODEL.DEVICE=cpu, and every `NORM: SyncBN` becomes `naiveSyncBN`
+    (Detectron2's all-reduce BN, which works with gloo; plain BN in one process)."""
+    if torch.cuda.is_available():
+        return
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        logger.info("CUDA is not available: MODEL.DEVICE cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    for node in _nodes(cfg):
+        if node.get("NORM") == "SyncBN":
+            node.NORM = "naiveSyncBN"
+
+
+def _nodes(cfg: CfgNode):
+    yield cfg
+    for value in cfg.values():
+        if isinstance(value, CfgNode):
+            yield from _nodes(value)

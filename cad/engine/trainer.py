@@ -1,0 +1,92 @@
+"""cad's Detectron2 trainer: data, evaluators and device handling for every cad model.
+
+`TRAINER_REGISTRY` holds trainer classes by name; `tools/train_net.py` builds
+`cfg.CAD.TRAINER` (default `CadTrainer`). Method-specific trainers subclass `CadTrainer` and
+override `build_step_trainer` (how one iteration runs) or the loaders.
+"""
+import logging
+import os
+import weakref
+from typing import Dict, List
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import Registry
+
+from cad.data.mapper import CadDatasetMapper
+from cad.evaluation.build import build_evaluator
+from cad.utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+TRAINER_REGISTRY = Registry("CAD_TRAINER")
+TRAINER_REGISTRY.__doc__ = "Trainer classes selected by cfg.CAD.TRAINER."
+
+
+def ddp_device_kwargs() -> Dict:
+    """`DistributedDataParallel` device arguments: the local GPU on CUDA, none on CPU (gloo)."""
+    if torch.cuda.is_available():
+        return {"device_ids": [comm.get_local_rank()]}
+    return {"device_ids": None}
+
+
+@TRAINER_REGISTRY.register()
+class CadTrainer(DefaultTrainer):
+    """`DefaultTrainer` that runs on CPU or CUDA, with cad's mapper and evaluators.
+
+    Differences from Detectron2's trainer: DDP without `device_ids` on CPU (gloo), AMP only
+    when CUDA is available, `CadDatasetMapper` (soft scores, corrupt images), evaluators
+    chosen by the split's `evaluator_type` (`cad.evaluation.EVALUATOR_REGISTRY`).
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs())
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        """The object that runs one iteration: AMP only when enabled and CUDA is present."""
+        if cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available():
+            return AMPTrainer(model, data_loader, optimizer)
+        if cfg.SOLVER.AMP.ENABLED:
+            logger.warning("SOLVER.AMP.ENABLED is ignored: CUDA is not available")
+        return SimpleTrainer(model, data_loader, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CadDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=CadDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators: List[DatasetEvaluator] = None):
+        """Evaluate on every `DATASETS.TEST` split; also writes `OUTPUT_DIR/metrics.json`."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), results)
+        return results

@@ -1,0 +1,1 @@
+"""Registered model components (meta-architectures, ROI heads, backbones)."""
