@@ -8,17 +8,28 @@ The pipeline (`cad/discovery/pipeline.py`) runs every method in two stages:
   into COCO annotations (category_id 1, bbox [x, y, w, h] in original pixels, score, and for
   mask methods `segmentation` as compressed RLE at the original size).
 
-Methods register themselves in `DISCOVERY_METHODS` under the name used by
+Methods register themselves with `@register_method(name)` under the name used by
 `tools/discover.py {lost,maskcut,votecut}` and by the meta-architectures.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Protocol
+from typing import Callable, Dict, List, Protocol
 
 import numpy as np
-from detectron2.utils.registry import Registry
 
-DISCOVERY_METHODS = Registry("CAD_DISCOVERY_METHOD")
-DISCOVERY_METHODS.__doc__ = "Discovery methods (classes following `DiscoveryMethod`), by lower-case name."
+# name ("lost", "maskcut", "votecut") -> class following `DiscoveryMethod`.
+DISCOVERY_METHODS: Dict[str, type] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator adding a method to `DISCOVERY_METHODS` under `name`."""
+
+    def register(cls: type) -> type:
+        if name in DISCOVERY_METHODS:
+            raise KeyError(f"discovery method '{name}' is already registered")
+        DISCOVERY_METHODS[name] = cls
+        return cls
+
+    return register
 
 
 @dataclass
