@@ -95,7 +95,12 @@ def available_methods() -> List[str]:
 def method_class(name: str) -> type:
     """The class registered as `name`, importing `cad.discovery.<name>` when needed."""
     if name not in DISCOVERY_METHODS and name in BUILTIN_METHODS:
-        importlib.import_module(f"cad.discovery.{name}")
+        try:
+            importlib.import_module(f"cad.discovery.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"cad.discovery.{name}":
+                raise
+            raise UnknownMethodError(f"discovery method '{name}' is not installed (no module cad.discovery.{name})") from None
     if name not in DISCOVERY_METHODS:
         raise UnknownMethodError(
             f"unknown discovery method '{name}' (available: {', '.join(available_methods())})"
