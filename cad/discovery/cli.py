@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, resolve_weights
 from cad.data.paths import DatasetMissingError
 from cad.discovery.metrics import dataset_metrics
 from cad.discovery.method import MethodOptions, UnknownMethodError, available_methods, method_class
@@ -93,6 +94,15 @@ def _device(requested: Optional[str]) -> str:
     return requested
 
 
+def _check_weights(models: Sequence[Tuple[str, Optional[str]]]) -> None:
+    """Fail before any work when an architecture is unknown or its checkpoint is missing."""
+    for arch, weights in models:
+        try:
+            resolve_weights(arch, weights)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+
 def build_config(args: argparse.Namespace) -> Tuple[PipelineConfig, List[ImageRecord]]:
     """Validate the arguments, list the images and build this shard's `PipelineConfig`."""
     method_class(args.method)
@@ -105,6 +115,8 @@ def build_config(args: argparse.Namespace) -> Tuple[PipelineConfig, List[ImageRe
     if args.out.suffix != ".json":
         raise InputError(f"--out must be a .json file (got '{args.out}')")
     options = MethodOptions(models=parse_models(args), device=_device(args.device), crf=not args.no_crf)
+    if args.stage in ("1", "all") and not args.slurm:
+        _check_weights(options.models)
     records = list_image_dir(args.images) if args.images else list_dataset(args.dataset)
     if not records:
         raise InputError(f"no images found in {args.images or args.dataset}")
@@ -128,7 +140,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             print(submit_arrays(args, cfg))
             return 0
         summary = run_pipeline(cfg, records, args.out, args.stage)
-    except (InputError, UnknownMethodError, NotADirectoryError, DatasetMissingError, WorkDirError) as e:
+    except (InputError, UnknownMethodError, NotADirectoryError, DatasetMissingError, WorkDirError,
+            WeightsNotFoundError, CheckpointLayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyError as e:  # DatasetCatalog: unregistered split

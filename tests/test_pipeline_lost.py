@@ -1,0 +1,57 @@
+"""tools/discover.py lost end to end: random-init ViT-S/16 in the official layout, tiny images."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cad.backbones.vit import save_random_checkpoint
+from cad.discovery.cli import run
+from cad.discovery.lost import LOST
+from cad.discovery.method import MethodOptions
+from cad.discovery.sources import list_image_dir, read_rgb
+
+from pipeline_fakes import make_images
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_random_checkpoint("dino_vits16", tmp_path_factory.mktemp("ckpt") / "dino_deitsmall16_pretrain.pth")
+
+
+def test_lost_cli_matches_method_and_resumes(tmp_path, checkpoint, capsys):
+    make_images(tmp_path / "images", [(64, 96), (80, 48), (50, 70)], corrupt={"img_002.png"})
+    out = tmp_path / "lost.json"
+    argv = ["lost", "--images", str(tmp_path / "images"), "--out", str(out), "--arch", "dino_vits16",
+            "--weights", str(checkpoint), "--device", "cpu", "--chunk-size", "1"]
+    assert run(argv) == 0
+    assert "2 images, 2 annotations, 1 unreadable images skipped" in capsys.readouterr().out
+    coco = json.loads(out.read_text())
+    method = LOST(MethodOptions(models=(("dino_vits16", str(checkpoint)),)))
+    for im, ann, record in zip(coco["images"], coco["annotations"], list_image_dir(tmp_path / "images")):
+        image = read_rgb(record.path)
+        assert (im["height"], im["width"]) == image.shape[:2]
+        ((obj,),) = method.discover([image])
+        x0, y0, x1, y1 = obj.box
+        assert ann["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+        assert x1 <= im["width"] and y1 <= im["height"] and "segmentation" not in ann
+    # a second run reuses every chunk and writes the same JSON
+    (tmp_path / "lost_work" / "stage2" / "chunk_000001.json").unlink()
+    assert run(argv) == 0
+    assert json.loads(out.read_text()) == coco
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        (["--arch", "dino_vits16", "--weights", "/nonexistent.pth"], "weights file '/nonexistent.pth' for dino_vits16 does not exist"),
+        (["--arch", "vit_huge"], "unknown ViT architecture 'vit_huge'"),
+    ],
+)
+def test_lost_bad_weights_is_one_line(tmp_path, models, message, capsys):
+    make_images(tmp_path / "images", [(32, 32)])
+    assert run(["lost", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o.json"), *models]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
