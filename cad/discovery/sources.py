@@ -80,4 +80,4 @@ def read_rgb(path: str) -> np.ndarray:
 
     Raises one of `UNREADABLE_IMAGE_ERRORS` for a missing, truncated or corrupt file.
     """
-    return np.ascontiguousarray(read_image(path, format="RGB"))
+    return np.array(read_image(path, format="RGB"))  # a writable copy (PIL arrays are read-only)
