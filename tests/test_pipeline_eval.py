@@ -1,8 +1,7 @@
 """eval_pseudo_masks: class-agnostic AP/AR on hand-made ground truth and predictions."""
+import importlib.util
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,15 +76,22 @@ def test_bad_inputs():
         evaluate_pseudo_masks(_gt(), boxes, "segm")
 
 
-def test_tool_prints_and_writes_json(tmp_path):
+def _tool_main():
+    """`main` of tools/eval_pseudo_masks.py, imported in this process (no second interpreter start)."""
+    spec = importlib.util.spec_from_file_location("eval_pseudo_masks_tool", ROOT / "tools/eval_pseudo_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_tool_prints_and_writes_json(tmp_path, capsys):
     (tmp_path / "gt.json").write_text(json.dumps(_gt()))
     (tmp_path / "pred.json").write_text(json.dumps(_pred_from(_gt())))
-    cmd = [sys.executable, str(ROOT / "tools/eval_pseudo_masks.py"), "--gt", str(tmp_path / "gt.json"),
-           "--pred", str(tmp_path / "pred.json"), "--out", str(tmp_path / "m.json")]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
-    assert res.returncode == 0, res.stderr
-    assert "AP=100.00" in res.stdout
+    main = _tool_main()
+    argv = ["--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json"), "--out", str(tmp_path / "m.json")]
+    assert main(argv) == 0
+    assert "AP=100.00" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.json").read_text())["AP75"] == pytest.approx(100)
-    bad = subprocess.run(cmd[:3] + [str(tmp_path / "missing.json")] + cmd[4:], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": ""})
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing.json" in bad.stderr
+    assert main(argv[:3] + [str(tmp_path / "missing.json")] + argv[4:]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.json" in err
