@@ -175,6 +175,10 @@ def load_stage1(path: Path) -> Tuple[Dict, Dict[int, Dict[str, np.ndarray]]]:
 def _check_stage1_output(method: str, batch: List[DiscoveryImage], out) -> None:
     if not isinstance(out, list) or len(out) != len(batch) or not all(isinstance(a, dict) for a in out):
         raise TypeError(f"method '{method}': stage1 must return one dict of arrays per image ({len(batch)})")
+    for arrays in out:
+        for key, value in arrays.items():
+            if np.asarray(value).dtype == object:
+                raise TypeError(f"method '{method}': stage1 array '{key}' has dtype object; return numeric arrays")
 
 
 def run_stage1(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Optional[DiscoveryMethod] = None) -> int:
