@@ -8,6 +8,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
+from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
@@ -22,11 +23,11 @@ _COCO_FORMAT_SPLITS = {
     "cls_agnostic_lvis_val": ("coco", "coco/annotations/lvis1.0_cocofied_val_cls_agnostic.json", "LVIS", {"max_dets": 300}),
 }
 
-# name -> (VOC folder, image-set, year)
+# name -> (VOC folder, image-set, year, evaluator type); LOST's trainval splits are scored by CorLoc.
 _VOC_SPLITS = {
-    "voc07_trainval": ("VOC2007", "trainval", 2007),
-    "voc07_test": ("VOC2007", "test", 2007),
-    "voc12_trainval": ("VOC2012", "trainval", 2012),
+    "voc07_trainval": ("VOC2007", "trainval", 2007, "corloc"),
+    "voc07_test": ("VOC2007", "test", 2007, "class_agnostic"),
+    "voc12_trainval": ("VOC2012", "trainval", 2012, "corloc"),
 }
 
 
@@ -34,9 +35,9 @@ def register_all(root: Path) -> None:
     """Register every predefined split of this module with Detectron2's catalogs."""
     for name, (images, ann, section, extra) in _COCO_FORMAT_SPLITS.items():
         register_class_agnostic_coco(name, root / ann, root / images, section, **extra)
-    for name, (folder, split, year) in _VOC_SPLITS.items():
-        # VOC splits are evaluated class-agnostically (COCO-style AP); LOST's CorLoc uses them too.
-        register_class_agnostic_voc(name, root / folder, split, year, "class_agnostic")
+    for name, (folder, split, year, evaluator_type) in _VOC_SPLITS.items():
+        register_class_agnostic_voc(name, root / folder, split, year, evaluator_type)
+    register_coco20k(root)
     register_imagenet_splits(root)
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
