@@ -55,3 +55,25 @@ def test_lost_bad_weights_is_one_line(tmp_path, models, message, capsys):
     assert run(["lost", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o.json"), *models]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_lost_on_a_split_prints_corloc(tmp_path, checkpoint, capsys):
+    from cad.data.coco import register_class_agnostic_coco
+
+    make_images(tmp_path / "images", [(64, 96), (80, 48), (50, 70)], corrupt={"img_002.png"})
+    common = ["--arch", "dino_vits16", "--weights", str(checkpoint), "--device", "cpu"]
+    assert run(["lost", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "p.json"), *common]) == 0
+    pred = json.loads((tmp_path / "p.json").read_text())
+    x, y, w, h = pred["annotations"][0]["bbox"]
+    # image 1: GT = LOST's box (hit); image 2: a 2x2 corner box (miss); image 3: unreadable (miss)
+    boxes = [[x, y, w, h], [0, 0, 2, 2], [0, 0, 10, 10]]
+    gt = {"images": [{"id": i + 1, "file_name": f"img_00{i}.png", "height": hh, "width": ww}
+                     for i, (hh, ww) in enumerate([(64, 96), (80, 48), (50, 70)])],
+          "annotations": [{"id": i + 1, "image_id": i + 1, "bbox": b, "category_id": 1, "iscrowd": 0, "area": b[2] * b[3]}
+                          for i, b in enumerate(boxes)],
+          "categories": [{"id": 1, "name": "object"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    register_class_agnostic_coco("test_pipeline_lost_tiny", tmp_path / "gt.json", tmp_path / "images", "test")
+    capsys.readouterr()
+    assert run(["lost", "--dataset", "test_pipeline_lost_tiny", "--out", str(tmp_path / "d.json"), *common]) == 0
+    assert "lost on test_pipeline_lost_tiny: CorLoc=33.33" in capsys.readouterr().out
