@@ -54,7 +54,7 @@ def dense_crf(
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
     crf.addPairwiseBilateral(
-        sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=bilateral_compat
+        sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.require(image, np.uint8, ["C", "W"]), compat=bilateral_compat
     )
     q = np.asarray(crf.inference(iterations)).reshape(2, height, width)
     return np.argmax(q, axis=0).astype(np.float32)
