@@ -6,7 +6,7 @@ the seed, on the patch grid. Stage 2 (`maskcut_refine`, per image): grid masks t
 CRF, hole filling, the CRF-agreement test and the resize to the original image size.
 Every rule follows the official CutLER `maskcut.py` (see notes/reference-algorithms.md).
 """
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,9 +15,11 @@ from PIL import Image
 from scipy import ndimage
 
 from cad.discovery.crf import dense_crf
+from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
+from cad.discovery.method import DiscoveryImage, register_method
 from cad.discovery.ncut import EPS, TAU, fiedler_vectors
 
-__all__ = ["bipartition", "maskcut_patch_masks", "maskcut_refine", "mask_iou", "count_corners"]
+__all__ = ["bipartition", "maskcut_patch_masks", "maskcut_refine", "mask_iou", "count_corners", "MaskCut"]
 
 N_CUTS = 3  # masks per image (CutLER maskcut.py --N 3)
 CORNER_LIMIT = 3  # a partition covering >= 3 of the 4 grid corners is background (check_num_fg_corners)
@@ -25,6 +27,7 @@ OVERLAP_IOU = 0.5  # a later cut with IoU > 0.5 with the previous cut is emptied
 MIN_AREA = 0.01  # a later cut covering <= 1% of the grid is emptied (maskcut_forward)
 CRF_IOU = 0.5  # a mask whose CRF output has IoU < 0.5 with it is dropped (maskcut.py main loop)
 RESOLUTION = 480  # images are resized to 480x480 (CutLER --fixed_size 480)
+DEFAULT_ARCH = "dino_vitb8"  # CutLER's MaskCut runs DINO ViT-B/8 keys
 
 
 def count_corners(mask: np.ndarray) -> int:
@@ -135,3 +138,71 @@ def maskcut_refine(
         if final.any():
             out.append(final)
     return out
+
+
+@register_method("maskcut")
+class MaskCut:
+    """MaskCut behind the discovery pipeline (`tools/discover.py maskcut`).
+
+    Stage 1: images resized to `resolution` (LANCZOS, default 480x480), one batched ViT forward
+    (keys of the last block), then `maskcut_patch_masks`; stored per image: `cuts` (n_cuts, h, w)
+    uint8, a few KB. Stage 2: `maskcut_refine` and COCO annotations (score 1.0: MaskCut has none).
+
+    options: `models` ((arch, weights) pairs; the first is used, default dino_vitb8 from the
+    torch.hub cache), `device`, `crf` (`cad.discovery.method.MethodOptions`). `vit_overrides`
+    change the architecture (small random checkpoints in tests).
+    """
+
+    def __init__(
+        self,
+        options=None,
+        resolution: int = RESOLUTION,
+        n_cuts: int = N_CUTS,
+        tau: float = TAU,
+        eps: float = EPS,
+        overlap_iou: float = OVERLAP_IOU,
+        min_area: float = MIN_AREA,
+        crf_iou: float = CRF_IOU,
+        solver: str = "lobpcg",
+        amp: Optional[str] = None,
+        **vit_overrides,
+    ) -> None:
+        models = method_models(options, [DEFAULT_ARCH])
+        if len(models) != 1:
+            raise ValueError(f"MaskCut uses one ViT, got {len(models)} models")
+        self.arch, self.weights = models[0]
+        self.device = getattr(options, "device", "cpu")
+        self.crf = bool(getattr(options, "crf", True))
+        self.resolution, self.n_cuts, self.tau, self.eps = resolution, n_cuts, tau, eps
+        self.overlap_iou, self.min_area, self.crf_iou = overlap_iou, min_area, crf_iou
+        self.solver, self.amp, self.vit_overrides = solver, amp, vit_overrides
+        self._model = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The ViT, built on first use (stage-2 workers never build it)."""
+        if self._model is None:
+            from cad.backbones.vit import build_vit
+
+            self._model = build_vit(self.arch, self.weights, device=self.device, **self.vit_overrides)
+        return self._model
+
+    def features(self, images: List[np.ndarray]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Last-block keys (B, h*w, C) of the resized images, and the grid (h, w)."""
+        from cad.backbones.features import extract_features
+
+        side = fixed_size(self.resolution, int(self.model.patch_embed.patch_size[0]))
+        feats = extract_features(self.model, vit_batch(images, side).to(self.device), amp=self.amp)
+        return feats.keys, feats.grid
+
+    def stage1(self, images: List[DiscoveryImage]) -> List[Dict[str, np.ndarray]]:
+        keys, grid = self.features([item.image for item in images])
+        cuts = maskcut_patch_masks(
+            keys, grid, self.n_cuts, self.tau, self.eps, self.overlap_iou, self.min_area, solver=self.solver
+        )
+        return [{"cuts": c.astype(np.uint8)} for c in cuts]
+
+    def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> List[Dict]:
+        side = (self.resolution, self.resolution)
+        masks = maskcut_refine(arrays["cuts"].astype(bool), image.image, self.crf, self.crf_iou, side)
+        return [mask_annotation(m, 1.0) for m in masks]

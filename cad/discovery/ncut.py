@@ -83,23 +83,8 @@ def _lobpcg_second(
     return vec
 
 
-def fiedler_vectors(
-    feats: torch.Tensor,
-    tau: float = TAU,
-    eps: float = EPS,
-    generalized: bool = True,
-    solver: str = "lobpcg",
-    seed: int = 0,
-    residual_tol: float = 1e-8,
-) -> torch.Tensor:
-    """Second-smallest normalized-cut eigenvector of each image's binary cosine graph.
-
-    feats: (B, N, C) patch features (zero rows = masked-out patches). Returns (B, N) float64 on
-    the features' device: x = D^-1/2 y if `generalized` (scipy `eigh(D - A, D)`), else y (the
-    unit eigenvector of L); sign fixed by `fix_sign`. `solver`: "lobpcg" or "eigh" (module doc).
-    """
-    if solver not in ("lobpcg", "eigh"):
-        raise ValueError(f"solver must be 'lobpcg' or 'eigh', got '{solver}'")
+def _fiedler_chunk(feats: torch.Tensor, tau: float, eps: float, generalized: bool, solver: str, seed: int,
+                   residual_tol: float) -> torch.Tensor:
     aff = binary_affinity(feats, tau, eps)
     deg = aff.sum(dim=-1)
     inv_sqrt = deg.rsqrt()
@@ -114,6 +99,32 @@ def fiedler_vectors(
             vec = _lobpcg_second(norm_aff[b], deg[b].sqrt(), seed, residual_tol)
             rows.append(vec if vec is not None else _dense_second((eye - norm_aff[b])[None])[0])
         vecs = torch.stack(rows)
-    if generalized:
-        vecs = vecs * inv_sqrt
-    return fix_sign(vecs)
+    return vecs * inv_sqrt if generalized else vecs
+
+
+def fiedler_vectors(
+    feats: torch.Tensor,
+    tau: float = TAU,
+    eps: float = EPS,
+    generalized: bool = True,
+    solver: str = "lobpcg",
+    seed: int = 0,
+    residual_tol: float = 1e-8,
+    chunk: int = 4,
+) -> torch.Tensor:
+    """Second-smallest normalized-cut eigenvector of each image's binary cosine graph.
+
+    feats: (B, N, C) patch features (zero rows = masked-out patches). Returns (B, N) float64 on
+    the features' device: x = D^-1/2 y if `generalized` (scipy `eigh(D - A, D)`), else y (the
+    unit eigenvector of L); sign fixed by `fix_sign`. `solver`: "lobpcg" or "eigh" (module doc).
+    `chunk` images are solved together (memory: about 3 * chunk * N^2 * 8 bytes).
+    """
+    if solver not in ("lobpcg", "eigh"):
+        raise ValueError(f"solver must be 'lobpcg' or 'eigh', got '{solver}'")
+    if feats.ndim != 3:
+        raise ValueError(f"feats must be (B, N, C), got {tuple(feats.shape)}")
+    parts = [
+        _fiedler_chunk(feats[i : i + chunk], tau, eps, generalized, solver, seed, residual_tol)
+        for i in range(0, feats.shape[0], chunk)
+    ]
+    return fix_sign(torch.cat(parts))

@@ -22,7 +22,7 @@ SIMD level); cad uses a stable order: partner count descending, then proposal in
 (i.e. earlier models in `VOTECUT_MODELS`, then k = 2 before k = 3, then lower labels first).
 """
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -32,6 +32,9 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 
 from cad.discovery.crf import dense_crf
+from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
+from cad.discovery.method import DiscoveryImage, register_method
+from cad.discovery.ncut import EPS, TAU, fiedler_vectors
 
 __all__ = [
     "VOTECUT_MODELS",
@@ -44,6 +47,8 @@ __all__ = [
     "vote",
     "refine_voted_mask",
     "votecut_masks",
+    "votecut_scores",
+    "VoteCut",
 ]
 
 # CuVLER extract_eig_vecs.py default model list, in this order (the order breaks ties).
@@ -59,6 +64,7 @@ VOTE_THRESHOLD = 0.2  # pixel kept when > 20% of the cluster votes for it (tau_m
 MAX_MASKS = 10  # masks per image (max_masks_per_img=10)
 MAX_CLUSTERS = 100  # clusters examined per image (iou_clustering i >= 100)
 CRF_BOX_IOU = 0.5  # CRF result kept when its bbox IoU with the input is >= 0.5 (mask_post_processing)
+RESOLUTION = 480  # input side, rounded down to the patch multiple: 480 DINO, 476 DINOv2 (extract_eig_vecs)
 
 
 @dataclass
@@ -247,3 +253,87 @@ def votecut_masks(
         mask, ok = refine_voted_mask(grid_mask, image, crf)
         out.append(VotedMask(mask=mask, grid_mask=grid_mask, cluster_size=len(members), crf_success=ok))
     return sorted(out, key=lambda m: m.cluster_size, reverse=True)
+
+
+def votecut_scores(masks: Sequence[VotedMask]) -> List[float]:
+    """Score of each mask: cluster size / largest cluster size of the image (CuVLER annotations)."""
+    largest = max((m.cluster_size for m in masks), default=1)
+    return [m.cluster_size / largest for m in masks]
+
+
+@register_method("votecut")
+class VoteCut:
+    """VoteCut behind the discovery pipeline (`tools/discover.py votecut`).
+
+    Stage 1: per model (in order), images resized to `resolution` rounded down to the patch
+    multiple (LANCZOS), one batched forward, features = last-block keys for DINO and final-norm
+    patch tokens for DINOv2 (CuVLER), then the L eigenvector (`fiedler_vectors(generalized=False)`);
+    stored per image: `eigvec_<i>` (h_i, w_i) float64 per model, about 100 KB for the 6 models.
+    Stage 2: `votecut_masks` and COCO annotations scored by `votecut_scores`.
+
+    options: `models` ((arch, weights) pairs, default `VOTECUT_MODELS` from the torch.hub cache),
+    `device`, `crf` (`cad.discovery.method.MethodOptions`). `vit_overrides` change every
+    architecture (small random checkpoints in tests).
+    """
+
+    def __init__(
+        self,
+        options=None,
+        resolution: int = RESOLUTION,
+        tau: float = TAU,
+        eps: float = EPS,
+        ks: Sequence[int] = KS,
+        iou_threshold: float = IOU_THRESHOLD,
+        vote_threshold: float = VOTE_THRESHOLD,
+        max_masks: int = MAX_MASKS,
+        solver: str = "lobpcg",
+        amp: Optional[str] = None,
+        **vit_overrides,
+    ) -> None:
+        self.models = method_models(options, VOTECUT_MODELS)
+        self.device = getattr(options, "device", "cpu")
+        self.crf = bool(getattr(options, "crf", True))
+        self.resolution, self.tau, self.eps, self.ks = resolution, tau, eps, tuple(ks)
+        self.iou_threshold, self.vote_threshold, self.max_masks = iou_threshold, vote_threshold, max_masks
+        self.solver, self.amp, self.vit_overrides = solver, amp, vit_overrides
+        self._vits: List[torch.nn.Module] = []
+
+    @property
+    def vits(self) -> List[torch.nn.Module]:
+        """The ViTs in model order, built on first use (stage-2 workers never build them)."""
+        if not self._vits:
+            from cad.backbones.vit import build_vit
+
+            self._vits = [build_vit(a, w, device=self.device, **self.vit_overrides) for a, w in self.models]
+        return self._vits
+
+    def eigenvectors(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
+        """Per image, per model: the (h, w) float64 eigenvector of the model's patch graph."""
+        from cad.backbones.features import extract_features
+
+        out: List[List[np.ndarray]] = [[] for _ in images]
+        for (arch, _), vit in zip(self.models, self.vits):
+            side = fixed_size(self.resolution, int(vit.patch_embed.patch_size[0]))
+            feats = extract_features(vit, vit_batch(images, side).to(self.device), amp=self.amp)
+            patch_feats = feats.tokens if arch.startswith("dinov2") else feats.keys
+            vecs = fiedler_vectors(patch_feats, self.tau, self.eps, generalized=False, solver=self.solver)
+            for i, vec in enumerate(vecs.cpu().numpy()):
+                out[i].append(vec.reshape(feats.grid))
+        return out
+
+    def stage1(self, images: List[DiscoveryImage]) -> List[Dict[str, np.ndarray]]:
+        per_image = self.eigenvectors([item.image for item in images])
+        return [{f"eigvec_{m}": vec for m, vec in enumerate(vecs)} for vecs in per_image]
+
+    def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> List[Dict]:
+        vectors = [arrays[f"eigvec_{m}"] for m in range(len(self.models))]
+        masks = votecut_masks(
+            vectors,
+            image.image,
+            self.crf,
+            self.ks,
+            iou_threshold=self.iou_threshold,
+            vote_threshold=self.vote_threshold,
+            max_masks=self.max_masks,
+        )
+        return [mask_annotation(m.mask, s) for m, s in zip(masks, votecut_scores(masks))]
