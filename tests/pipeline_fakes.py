@@ -4,6 +4,7 @@
 grey image to an 8x8 grid; stage 2 marks the grid cells brighter than the grid mean, upsamples them
 (nearest) to the original size and returns that mask with its box. It is not a product method.
 """
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -17,10 +18,11 @@ GRID = 8
 
 
 class GridMethod:
-    """The fake method; `fail_on` (class attribute) makes stage 1/2 raise on that file name."""
+    """The fake method; `fail_on` (class attribute) makes stage 1/2 raise on that file name, and
+    "exit" makes the (worker) process die there, as a killed worker does."""
 
     stage1_calls: List[str] = []
-    fail_on: Dict[str, Optional[str]] = {"1": None, "2": None}
+    fail_on: Dict[str, Optional[str]] = {"1": None, "2": None, "exit": None}
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -38,6 +40,8 @@ class GridMethod:
     def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> List[Dict]:
         if GridMethod.fail_on["2"] == image.file_name:
             raise KeyboardInterrupt(f"simulated kill in stage 2 at {image.file_name}")
+        if GridMethod.fail_on["exit"] == image.file_name:
+            os._exit(1)
         grid = arrays["grid"]
         cells = (grid > grid.mean()).astype(np.uint8)
         if not cells.any():

@@ -20,7 +20,7 @@ SIZES = [(40, 60), (64, 48), (30, 30), (50, 70), (45, 45)]
 
 @pytest.fixture
 def image_dir(tmp_path):
-    GridMethod.fail_on.update({"1": None, "2": None})
+    GridMethod.fail_on.update({"1": None, "2": None, "exit": None})
     make_images(tmp_path / "images", SIZES, corrupt={"img_001.png"})
     return tmp_path / "images"
 

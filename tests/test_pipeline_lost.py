@@ -77,3 +77,16 @@ def test_lost_on_a_split_prints_corloc(tmp_path, checkpoint, capsys):
     capsys.readouterr()
     assert run(["lost", "--dataset", "test_pipeline_lost_tiny", "--out", str(tmp_path / "d.json"), *common]) == 0
     assert "lost on test_pipeline_lost_tiny: CorLoc=33.33" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_lost_slurm_arrays_with_local_executor(tmp_path, checkpoint, capsys):
+    """The same arrays as the (default-suite) debug-executor test, but each task in its own process."""
+    make_images(tmp_path / "images", [(64, 96), (80, 48), (50, 70)])
+    common = ["lost", "--images", str(tmp_path / "images"), "--arch", "dino_vits16", "--weights", str(checkpoint),
+              "--device", "cpu", "--chunk-size", "1"]
+    assert run(common + ["--out", str(tmp_path / "one.json")]) == 0
+    assert run(common + ["--out", str(tmp_path / "arrays.json"), "--slurm", "--slurm-cluster", "local",
+                         "--shards", "2", "--job-dir", str(tmp_path / "jobs"), "--timeout", "10"]) == 0
+    assert "job arrays finished (2 shards)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "arrays.json").read_text()) == json.loads((tmp_path / "one.json").read_text())

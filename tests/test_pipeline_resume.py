@@ -1,5 +1,6 @@
 """Pipeline: resumption after a kill, sharding, corrupt images, JSON schema, workers."""
 import json
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def images(tmp_path):
 @pytest.fixture(autouse=True)
 def reset_fake():
     GridMethod.stage1_calls.clear()
-    GridMethod.fail_on.update({"1": None, "2": None})
+    GridMethod.fail_on.update({"1": None, "2": None, "exit": None})
 
 
 def _cfg(tmp_path, name, **kw):
@@ -77,6 +78,18 @@ def test_resume_after_kill_in_stage2(tmp_path, images):
     GridMethod.stage1_calls.clear()
     run_pipeline(cfg, images, tmp_path / "out.json")
     assert GridMethod.stage1_calls == []  # stage 1 was complete and is not rerun
+    assert json.loads((tmp_path / "out.json").read_text()) == reference
+
+
+def test_resume_after_a_worker_process_is_killed(tmp_path, images):
+    reference, _ = _reference(tmp_path, images)
+    cfg = _cfg(tmp_path, "work", workers=2)
+    GridMethod.fail_on["exit"] = "img_006.png"  # the last chunk; the worker dies there
+    with pytest.raises(BrokenProcessPool):
+        run_pipeline(cfg, images, tmp_path / "out.json")
+    assert not (cfg.work_dir / "stage2" / "chunk_000003.json").exists()
+    GridMethod.fail_on["exit"] = None
+    run_pipeline(cfg, images, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text()) == reference
 
 
