@@ -15,7 +15,8 @@ Methods register themselves with `@register_method(name)` under the name used by
 `tools/discover.py {lost,maskcut,votecut}`, in a module `cad.discovery.<name>` (imported on first
 use by `build_method`). A method is built as `cls(options)` with a `MethodOptions`; building must
 be cheap (load the ViTs lazily, on the first `stage1` call), because the pipeline builds one
-instance in every stage-2 worker process, and `stage2` must not need the ViTs.
+instance in every stage-2 worker process from the same `MethodOptions` (so everything `stage2`
+depends on must follow from them), and `stage2` must not need the ViTs.
 """
 import importlib
 from dataclasses import dataclass
