@@ -21,6 +21,10 @@ _COCO_FORMAT_SPLITS = {
     "cls_agnostic_coco20k": ("coco/train2014", "coco/annotations/coco20k_trainval_gt.json", "COCO", {}),
     # LVIS v1 val in CutLER's "cocofied" class-agnostic JSON; LVIS-style evaluation keeps 300 detections.
     "cls_agnostic_lvis_val": ("coco", "coco/annotations/lvis1.0_cocofied_val_cls_agnostic.json", "LVIS", {"max_dets": 300}),
+    # LOST's boxes (tools/discover.py lost --dataset <split> --out <json>): LOST+CAD training sets.
+    "voc07_trainval_lost": ("VOC2007/JPEGImages", "pseudo_labels/lost_voc07_trainval.json", "LOST pseudo-labels", {}),
+    "voc12_trainval_lost": ("VOC2012/JPEGImages", "pseudo_labels/lost_voc12_trainval.json", "LOST pseudo-labels", {}),
+    "coco20k_train_lost": ("coco/train2014", "pseudo_labels/lost_coco20k_train.json", "LOST pseudo-labels", {}),
 }
 
 # name -> (VOC folder, image-set, year, evaluator type); LOST's trainval splits are scored by CorLoc.
