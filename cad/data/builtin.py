@@ -10,6 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
+from cad.data.self_training import register_self_training_splits
 from cad.data.synthetic_pseudo import register_pseudo_shapes
 from cad.data.voc import register_class_agnostic_voc
 
@@ -41,6 +42,7 @@ def register_all(root: Path) -> None:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
     register_pseudo_shapes(root)
+    register_self_training_splits(root)
 
 
 register_all(datasets_root())
