@@ -6,7 +6,7 @@ appear on the background. Each pseudo-mask gets a soft `score` that correlates w
 normalised so the best mask of an image scores 1.0 (as VoteCut's cluster_size / max). The JSON is
 generated deterministically (seeded per image) on first use under
 `$DETECTRON2_DATASETS/synthetic/annotations/shapes_train_pseudo.json`; the images are those of
-`synthetic_shapes_train`.
+`synthetic_shapes_train`. `synthetic_shapes_tiny_train_pseudo` does the same for the tiny test split.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,11 @@ from cad.data.coco import CLASS_AGNOSTIC_METADATA, load_class_agnostic_coco
 from cad.data.synthetic import generate_shapes, split_paths
 from cad.utils.io import atomic_write_json
 
-PSEUDO_SPLIT = "synthetic_shapes_train_pseudo"
-SOURCE_SPLIT = "synthetic_shapes_train"
+# pseudo-label split -> generated split whose ground truth it degrades (the tiny one is for tests)
+PSEUDO_SPLITS = {
+    "synthetic_shapes_train_pseudo": "synthetic_shapes_train",
+    "synthetic_shapes_tiny_train_pseudo": "synthetic_shapes_tiny_train",
+}
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def degrade_masks(
-    gt_masks: List[np.ndarray], rng: np.random.Generator, cfg: Degradation = Degradation()
+    gt_masks: List[np.ndarray], shape: Tuple[int, int], rng: np.random.Generator, cfg: Degradation = Degradation()
 ) -> List[Tuple[np.ndarray, float]]:
-    """Pseudo-masks from the (H, W) bool ground-truth masks of one image.
+    """Pseudo-masks from the (H, W) = `shape` bool ground-truth masks of one image.
 
     Returns [(mask (H, W) bool, score in (0, 1])]: kept objects (possibly dilated/eroded/shifted)
     scored by IoU with their true mask plus noise, and spurious blobs scored U(0.05, 0.4);
@@ -73,7 +76,7 @@ def degrade_masks(
         m = m.astype(bool)
         if m.any():
             out.append((m, float(np.clip(_iou(m, gt) + rng.normal(0, cfg.score_noise), 0.05, 1.0))))
-    h, w = gt_masks[0].shape if gt_masks else (256, 256)
+    h, w = shape
     for _ in range(int(rng.integers(0, cfg.max_spurious + 1))):
         blob = np.zeros((h, w), np.uint8)
         center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
@@ -84,17 +87,18 @@ def degrade_masks(
     return [(m, s / top) for m, s in out]
 
 
-def pseudo_json_path(root: Path) -> Path:
-    return Path(root) / "synthetic" / "annotations" / "shapes_train_pseudo.json"
+def pseudo_json_path(source: str, root: Path) -> Path:
+    """`<root>/synthetic/annotations/<source folder>_pseudo.json`."""
+    _, gt_json = split_paths(source, root)
+    return gt_json.with_name(gt_json.stem + "_pseudo.json")
 
 
-def generate_pseudo_shapes(root: Path, cfg: Degradation = Degradation()) -> Path:
-    """Write the pseudo-label JSON of `synthetic_shapes_train` under `root` unless present."""
-    out = pseudo_json_path(root)
+def generate_pseudo_shapes(source: str, root: Path, cfg: Degradation = Degradation()) -> Path:
+    """Write the pseudo-label JSON of generated split `source` under `root` unless present."""
+    out = pseudo_json_path(source, root)
     if out.exists():
         return out
-    gt = load_class_agnostic_coco(generate_shapes(SOURCE_SPLIT, root), split_paths(SOURCE_SPLIT, root)[0],
-                                  SOURCE_SPLIT, "Synthetic data")
+    gt = load_class_agnostic_coco(generate_shapes(source, root), split_paths(source, root)[0], source, "Synthetic data")
     with file_lock(str(out)):
         if out.exists():
             return out
@@ -105,7 +109,7 @@ def generate_pseudo_shapes(root: Path, cfg: Degradation = Degradation()) -> Path
                            "width": record["width"], "height": record["height"]})
             masks = [mask_util.decode(a["segmentation"]).astype(bool) for a in record["annotations"]]
             rng = np.random.default_rng([cfg.seed, image_id])
-            for mask, score in degrade_masks(masks, rng, cfg):
+            for mask, score in degrade_masks(masks, (record["height"], record["width"]), rng, cfg):
                 rle = _rle(mask)
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
@@ -117,11 +121,14 @@ def generate_pseudo_shapes(root: Path, cfg: Degradation = Degradation()) -> Path
     return out
 
 
+def load_pseudo_shapes(name: str, root: Path) -> List[Dict]:
+    """Dataset dicts of pseudo-label split `name` (JSON generated on first use)."""
+    source = PSEUDO_SPLITS[name]
+    return load_class_agnostic_coco(generate_pseudo_shapes(source, root), split_paths(source, root)[0], name, "Synthetic data")
+
+
 def register_pseudo_shapes(root: Path) -> None:
-    """Register `synthetic_shapes_train_pseudo` (generated on first load, never at registration)."""
-    DatasetCatalog.register(
-        PSEUDO_SPLIT,
-        lambda: load_class_agnostic_coco(generate_pseudo_shapes(root), split_paths(SOURCE_SPLIT, root)[0],
-                                         PSEUDO_SPLIT, "Synthetic data"),
-    )
-    MetadataCatalog.get(PSEUDO_SPLIT).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
+    """Register the `PSEUDO_SPLITS` (generated on first load, never at registration)."""
+    for name in PSEUDO_SPLITS:
+        DatasetCatalog.register(name, lambda name=name: load_pseudo_shapes(name, root))
+        MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
