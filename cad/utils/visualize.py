@@ -48,13 +48,30 @@ def render_predictions(
 ) -> List[str]:
     """Write PNGs of the COCO-format results in `results_json` on images of `dataset_name`.
 
-    With `with_ground_truth` and annotations in the split, each PNG shows the ground truth
-    (left) next to the results (right). Returns the written paths.
+    `results_json` is a results list (predictions) or a full COCO JSON (pseudo-labels); see
+    `render_results`. Returns the written paths.
     """
     with open(results_json) as f:
         results = json.load(f)
     if isinstance(results, dict):  # a full COCO JSON (pseudo-labels) rather than a results list
         results = results["annotations"]
+    return render_results(dataset_name, results, out_dir, num_images, score_thresh, with_ground_truth, image_ids)
+
+
+def render_results(
+    dataset_name: str,
+    results: List[Dict],
+    out_dir: str,
+    num_images: int = 8,
+    score_thresh: float = 0.5,
+    with_ground_truth: bool = True,
+    image_ids: Optional[List] = None,
+) -> List[str]:
+    """Write PNGs of COCO-format results (image_id, bbox XYWH, score, optional RLE segmentation).
+
+    With `with_ground_truth` and annotations in the split, each PNG shows the ground truth
+    (left) next to the results (right). Returns the written paths.
+    """
     by_image = defaultdict(list)
     for r in results:
         by_image[r["image_id"]].append(r)
