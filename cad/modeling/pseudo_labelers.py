@@ -65,10 +65,12 @@ def _to_rgb(image: torch.Tensor, input_format: str) -> np.ndarray:
 class PseudoLabeler(nn.Module):
     """A discovery method (`cad.discovery.method`) behind Detectron2's meta-architecture interface.
 
-    Subclasses set `method_name` and `method_kwargs_from_cfg`. See the module docstring.
+    Subclasses set `method_name`, `with_masks` and `method_kwargs_from_cfg`. See the module docstring.
     """
 
     method_name: str = ""
+    # The method returns masks (`pred_masks`, also when an image has none), not only boxes.
+    with_masks = True
     # tools/train_net.py reads this: these models only run with --eval-only.
     trainable = False
 
@@ -140,7 +142,7 @@ class PseudoLabeler(nn.Module):
         # float64: the method's score exactly (the dumped JSON then equals tools/discover.py's).
         result.scores = torch.tensor([a["score"] for a in anns], dtype=torch.float64)
         result.pred_classes = torch.zeros(len(anns), dtype=torch.int64)
-        if self.method_name != "lost":
+        if self.with_masks:
             masks = np.stack([decode_mask(a["segmentation"]) for a in anns]) if anns else np.zeros((0, height, width), bool)
             result.pred_masks = torch.from_numpy(masks)
         return result
@@ -161,11 +163,18 @@ class LOST(PseudoLabeler):
     """LOST boxes (`cad.discovery.lost`); CAD.LOST.* keys, one ViT (default dino_vits16)."""
 
     method_name = "lost"
+    with_masks = False
 
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
         c = cfg.CAD.LOST
         return {"k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE}
+
+
+def _ncut_kwargs(cfg) -> Dict:
+    """Settings MaskCut and VoteCut share: ViT input side, graph threshold, eigensolver."""
+    d = cfg.CAD.DISCOVERY
+    return {"resolution": d.RESOLUTION, "tau": d.TAU, "solver": d.SOLVER}
 
 
 @META_ARCH_REGISTRY.register()
@@ -176,11 +185,7 @@ class MaskCut(PseudoLabeler):
 
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
-        d = cfg.CAD.DISCOVERY
-        return {
-            "resolution": d.RESOLUTION, "tau": d.TAU, "solver": d.SOLVER,
-            "n_cuts": cfg.CAD.MASKCUT.N_CUTS, "crf_iou": cfg.CAD.MASKCUT.CRF_IOU,
-        }
+        return dict(_ncut_kwargs(cfg), n_cuts=cfg.CAD.MASKCUT.N_CUTS, crf_iou=cfg.CAD.MASKCUT.CRF_IOU)
 
 
 @META_ARCH_REGISTRY.register()
@@ -191,8 +196,8 @@ class VoteCut(PseudoLabeler):
 
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
-        d, v = cfg.CAD.DISCOVERY, cfg.CAD.VOTECUT
-        return {
-            "resolution": d.RESOLUTION, "tau": d.TAU, "solver": d.SOLVER, "ks": tuple(v.KS),
-            "iou_threshold": v.IOU_THRESHOLD, "vote_threshold": v.VOTE_THRESHOLD, "max_masks": v.MAX_MASKS,
-        }
+        v = cfg.CAD.VOTECUT
+        return dict(
+            _ncut_kwargs(cfg), ks=tuple(v.KS), iou_threshold=v.IOU_THRESHOLD,
+            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS,
+        )
