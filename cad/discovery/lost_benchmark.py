@@ -28,6 +28,7 @@ def benchmark_lost(
 ) -> Dict[str, float]:
     """Run LOST on `images` random images (one at a time, as full-resolution LOST does) with a
     random-init `arch`; return seconds per image of the forward and of LOST, images/s and peak memory."""
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     model = build_vit(arch, "random", device=device)
     patch = int(model.patch_embed.patch_size[0])
     rng = np.random.default_rng(0)
@@ -56,6 +57,7 @@ def benchmark_lost(
         "lost_s": lost_time,
         "images_per_s": 1.0 / (forward + lost_time),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_before_mb": rss_before,
     }
     if device.startswith("cuda"):
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20

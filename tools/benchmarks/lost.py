@@ -34,7 +34,7 @@ def main() -> int:
         f"LOST {r['arch']} {r['size']} ({r['patches']} patches) on {args.device}, {r['threads']} threads: "
         f"{r['images_per_s']:.2f} images/s; forward {1000 * r['forward_s']:.1f} ms/image, "
         f"LOST {1000 * r['lost_s']:.1f} ms/image ({100 * r['lost_s'] / r['forward_s']:.1f}% of the forward); "
-        f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else "")
+        f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before building the ViT)" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else "")
     )
     return 0
 
