@@ -9,6 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
 from cad.data.coco20k import register_coco20k
+from cad.data.imagenet import register_imagenet_splits
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
 from cad.data.voc import register_class_agnostic_voc
@@ -41,6 +42,7 @@ def register_all(root: Path) -> None:
     for name, (folder, split, year, evaluator_type) in _VOC_SPLITS.items():
         register_class_agnostic_voc(name, root / folder, split, year, evaluator_type)
     register_coco20k(root)
+    register_imagenet_splits(root)
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
