@@ -286,7 +286,7 @@ class VoteCut:
         iou_threshold: float = IOU_THRESHOLD,
         vote_threshold: float = VOTE_THRESHOLD,
         max_masks: int = MAX_MASKS,
-        solver: str = "lobpcg",
+        solver: str = "lanczos",
         amp: Optional[str] = None,
         **vit_overrides,
     ) -> None:
