@@ -20,13 +20,16 @@ from detectron2.utils.events import EventStorage
 from cad.engine.benchmark import peak_memory_mb
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
 
-# Config overrides of each variant: Detectron2's stock cascade, and cad's heads, losses and copy-paste.
+# Config overrides of each variant: Detectron2's stock cascade; cad's heads with soft targets and
+# DropLoss; the same plus copy-paste (which also adds objects, hence mask-head work, to the batch).
+_CAD_HEADS = ["MODEL.ROI_HEADS.NAME", "PseudoLabelCascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME",
+              "PseudoLabelMaskRCNNConvUpsampleHead", "MODEL.ROI_HEADS.SOFT_TARGETS", True,
+              "MODEL.ROI_HEADS.USE_DROPLOSS", True]
 VARIANTS = {
     "stock": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead",
               "MODEL.ROI_HEADS.SOFT_TARGETS", False, "MODEL.ROI_HEADS.USE_DROPLOSS", False, "CAD.TRAINER", "CadTrainer"],
-    "cad": ["MODEL.ROI_HEADS.NAME", "PseudoLabelCascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME",
-            "PseudoLabelMaskRCNNConvUpsampleHead", "MODEL.ROI_HEADS.SOFT_TARGETS", True,
-            "MODEL.ROI_HEADS.USE_DROPLOSS", True, "CAD.TRAINER", "CopyPasteTrainer"],
+    "cad_heads": _CAD_HEADS + ["CAD.TRAINER", "CadTrainer"],
+    "cad": _CAD_HEADS + ["CAD.TRAINER", "CopyPasteTrainer"],
 }
 
 
@@ -56,7 +59,7 @@ def _instrument(model, totals: Dict[str, float]) -> None:
 
 
 def variant_cfg(cfg: CfgNode, variant: str) -> CfgNode:
-    """`cfg` with the overrides of `variant` ("stock" or "cad"), frozen."""
+    """`cfg` with the overrides of `variant` (a key of `VARIANTS`), frozen."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}' (one of {sorted(VARIANTS)})")
     cfg = cfg.clone()
