@@ -20,7 +20,17 @@ from detectron2.utils.events import EventStorage
 from cad.engine.benchmark import peak_memory_mb
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
 
-VARIANTS = ("stock", "cad")
+# Config overrides of each variant: Detectron2's stock cascade; cad's heads with soft targets and
+# DropLoss; the same plus copy-paste (which also adds objects, hence mask-head work, to the batch).
+_CAD_HEADS = ["MODEL.ROI_HEADS.NAME", "PseudoLabelCascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME",
+              "PseudoLabelMaskRCNNConvUpsampleHead", "MODEL.ROI_HEADS.SOFT_TARGETS", True,
+              "MODEL.ROI_HEADS.USE_DROPLOSS", True]
+VARIANTS = {
+    "stock": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead",
+              "MODEL.ROI_HEADS.SOFT_TARGETS", False, "MODEL.ROI_HEADS.USE_DROPLOSS", False, "CAD.TRAINER", "CadTrainer"],
+    "cad_heads": _CAD_HEADS + ["CAD.TRAINER", "CadTrainer"],
+    "cad": _CAD_HEADS + ["CAD.TRAINER", "CopyPasteTrainer"],
+}
 
 
 def _time_calls(obj, name: str, totals: Dict[str, float]) -> None:
@@ -49,23 +59,12 @@ def _instrument(model, totals: Dict[str, float]) -> None:
 
 
 def variant_cfg(cfg: CfgNode, variant: str) -> CfgNode:
-    """`cfg` as Detectron2's stock cascade (`stock`) or with cad's heads, losses and copy-paste (`cad`)."""
+    """`cfg` with the overrides of `variant` (a key of `VARIANTS`), frozen."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}' (one of {sorted(VARIANTS)})")
     cfg = cfg.clone()
     cfg.defrost()
-    if variant == "stock":
-        cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
-        cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-        cfg.MODEL.ROI_HEADS.SOFT_TARGETS = False
-        cfg.MODEL.ROI_HEADS.USE_DROPLOSS = False
-        cfg.CAD.TRAINER = "CadTrainer"
-    elif variant == "cad":
-        cfg.MODEL.ROI_HEADS.NAME = "PseudoLabelCascadeROIHeads"
-        cfg.MODEL.ROI_MASK_HEAD.NAME = "PseudoLabelMaskRCNNConvUpsampleHead"
-        cfg.MODEL.ROI_HEADS.SOFT_TARGETS = True
-        cfg.MODEL.ROI_HEADS.USE_DROPLOSS = True
-        cfg.CAD.TRAINER = "CopyPasteTrainer"
-    else:
-        raise ValueError(f"unknown variant '{variant}' (one of {VARIANTS})")
+    cfg.merge_from_list(VARIANTS[variant])
     cfg.freeze()
     return cfg
 
