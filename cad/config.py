@@ -105,8 +105,8 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.DISCOVERY.RESOLUTION = 480
     # MaskCut/VoteCut: cosine threshold tau of the binary patch graph (CutLER/CuVLER 0.15).
     cfg.CAD.DISCOVERY.TAU = 0.15
-    # MaskCut/VoteCut: eigensolver of the normalized cut, "lobpcg" or "eigh".
-    cfg.CAD.DISCOVERY.SOLVER = "lobpcg"
+    # MaskCut/VoteCut: eigensolver of the normalized cut, "lanczos" or "eigh" (cad/discovery/ncut.py).
+    cfg.CAD.DISCOVERY.SOLVER = "lanczos"
 
     cfg.CAD.LOST = CN()
     # k: size of the pool of lowest-degree patches the seed is expanded with (LOST Sec. 3.2: 100).

@@ -1,4 +1,5 @@
 """LOST/MaskCut/VoteCut meta-architectures: config keys, building, Detectron2 inputs/outputs, errors."""
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,10 @@ def test_config_defaults_are_the_methods_constants():
     assert (v.IOU_THRESHOLD, v.VOTE_THRESHOLD, v.MAX_MASKS) == (
         votecut.IOU_THRESHOLD, votecut.VOTE_THRESHOLD, votecut.MAX_MASKS
     )
+    for cls in (maskcut.MaskCut, votecut.VoteCut):  # the method classes' own defaults (tools/discover.py)
+        params = inspect.signature(cls).parameters
+        assert params["solver"].default == cfg.CAD.DISCOVERY.SOLVER and cfg.CAD.DISCOVERY.SOLVER in ncut.SOLVERS
+        assert params["resolution"].default == cfg.CAD.DISCOVERY.RESOLUTION and params["tau"].default == cfg.CAD.DISCOVERY.TAU
     assert cfg.CAD.EVAL_DUMP_TRAINING_JSON == "" and list(cfg.CAD.EVAL_EXTRA_TYPES) == []
 
 

@@ -113,10 +113,6 @@ class PseudoLabeler(nn.Module):
         """Constructor arguments of the method class beyond `MethodOptions` and the ViT overrides."""
         return {}
 
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.options.device)
-
     def _image(self, index: int, inputs: Dict) -> DiscoveryImage:
         """The original-size RGB image of one batched input."""
         image = _to_rgb(inputs["image"], self.input_format)
