@@ -38,7 +38,7 @@ def main() -> int:
     from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
     from cad.data.paths import DatasetMissingError
     from cad.engine.setup import ConfigError, build_cfg
-    from cad.utils.visualize import render_ground_truth, render_predictions, render_results
+    from cad.utils.visualize import render_ground_truth, render_predictions
 
     if args.dataset not in DatasetCatalog.list():
         print(f"error: unknown dataset '{args.dataset}' (see datasets/README.md)", file=sys.stderr)
@@ -55,11 +55,10 @@ def main() -> int:
 
             cfg = build_cfg(args)
             results = predict_coco_results(cfg, args.dataset, args.num_images)
-            paths = render_results(args.dataset, results, args.out, args.num_images, args.score_thresh, not args.no_gt)
-        elif args.results:
-            paths = render_predictions(
-                args.dataset, args.results, args.out, args.num_images, args.score_thresh, not args.no_gt
-            )
+        else:
+            results = args.results
+        if results is not None:
+            paths = render_predictions(args.dataset, results, args.out, args.num_images, args.score_thresh, not args.no_gt)
         else:
             paths = render_ground_truth(args.dataset, args.out, args.num_images)
     except (DatasetMissingError, ConfigError, WeightsNotFoundError, CheckpointLayoutError) as e:
