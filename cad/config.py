@@ -9,6 +9,7 @@ from detectron2.config import CfgNode as CN
 def add_cad_config(cfg: CN) -> None:
     """Add all cad keys (in place) to a Detectron2 config."""
     _add_runtime_config(cfg)
+    _add_vit_config(cfg)
 
 
 def _add_runtime_config(cfg: CN) -> None:
@@ -24,3 +25,28 @@ def _add_runtime_config(cfg: CN) -> None:
     cfg.CAD.VIS_SCORE_THRESH = 0.5
     # COCOeval maxDets for the class-agnostic evaluator (LVIS-style evaluation uses 300).
     cfg.CAD.EVAL_MAX_DETS = 100
+
+
+def _add_vit_config(cfg: CN) -> None:
+    # DINO/DINOv2 ViT backbones (cad/backbones/d2_backbone.py: build_vit_backbone, build_vit_sfp_backbone).
+    cfg.CAD.VIT = CN()
+    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg]).
+    cfg.CAD.VIT.ARCH = "dino_vits16"
+    # Official checkpoint file; "" = $TORCH_HOME/hub/checkpoints/<official name>; "random" = random init.
+    cfg.CAD.VIT.WEIGHTS = ""
+    # Freeze the ViT's weights (train only what sits on top of it).
+    cfg.CAD.VIT.FREEZE = False
+    # Stochastic depth of the ViT blocks during training (ViTDet uses 0.1 for ViT-B).
+    cfg.CAD.VIT.DROP_PATH_RATE = 0.0
+    # Architecture overrides, 0 = official (small random models for tests and demos).
+    cfg.CAD.VIT.DEPTH = 0
+    cfg.CAD.VIT.EMBED_DIM = 0
+    cfg.CAD.VIT.NUM_HEADS = 0
+    # Simple feature pyramid: output strides (powers of two around the ViT stride), named p<log2 stride>.
+    cfg.CAD.VIT.PYRAMID_STRIDES = [4, 8, 16, 32]
+    # Channels of every pyramid level.
+    cfg.CAD.VIT.PYRAMID_OUT_CHANNELS = 256
+    # Norm of the pyramid convs: "LN" (channel LayerNorm, as ViTDet), "GN", "BN", "SyncBN" or "".
+    cfg.CAD.VIT.PYRAMID_NORM = "LN"
+    # Add one more level (stride x2 of the last) by max-pooling, as FPN's p6 for the RPN.
+    cfg.CAD.VIT.PYRAMID_TOP_BLOCK = True

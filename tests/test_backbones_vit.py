@@ -125,3 +125,23 @@ def test_lost_preprocessing_pads_bottom_right_with_zeros_after_normalisation():
     torch.testing.assert_close(tensor[:, 0, 0], expected_white)
     same = torch.ones(3, 32, 48)
     assert pad_to_patch_multiple(same, 16) is same
+
+
+@pytest.mark.parametrize("arch", ["dino_vits16", "dinov2_vits14_reg"])
+def test_position_embedding_is_resized_like_the_official_code(arch):
+    import torch.nn.functional as F
+
+    model = random_vit(arch, **SMALL)
+    p = model.patch_embed.patch_size[0]
+    for rows, cols in [(5, 7), (model.patch_embed.grid_size[0] + 3, 20)]:
+        x = model.patch_embed(torch.randn(1, 3, rows * p, cols * p))
+        tokens = model._pos_embed(x)
+        g = model.patch_embed.grid_size
+        prefix = 0 if model.no_embed_class else 1
+        patch_pos = model.pos_embed[:, prefix:].reshape(1, g[0], g[1], -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=(rows, cols), mode="bicubic", antialias=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+        expected_patches = x.reshape(1, rows * cols, -1) + patch_pos
+        torch.testing.assert_close(tokens[:, model.num_prefix_tokens :], expected_patches)
+        cls = model.cls_token + (0 if model.no_embed_class else model.pos_embed[:, :1])
+        torch.testing.assert_close(tokens[:, :1], cls)

@@ -1,4 +1,5 @@
 """Self-supervised ViT backbones (DINO, DINOv2 on timm), feature hooks and Detectron2 wrappers."""
+from cad.backbones.d2_backbone import SimpleFeaturePyramid, ViTBackbone  # registers the Detectron2 backbones
 from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import (
     VIT_ARCHS,
@@ -12,6 +13,8 @@ __all__ = [
     "VIT_ARCHS",
     "CheckpointLayoutError",
     "WeightsNotFoundError",
+    "SimpleFeaturePyramid",
+    "ViTBackbone",
     "ViTFeatures",
     "build_vit",
     "extract_features",

@@ -58,6 +58,8 @@ def extract_features(model: nn.Module, images: torch.Tensor, amp: Optional[str] 
     H and W must be multiples of the patch size (pad with `pad_to_patch_multiple`). `amp` is
     None, "fp16" or "bf16": autocast on CUDA only (ignored on CPU); outputs are float32.
     """
+    if amp not in (None, "fp16", "bf16"):
+        raise ValueError(f"amp must be None, 'fp16' or 'bf16', got {amp!r}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     p = _patch_size(model)

@@ -1,9 +1,10 @@
 """DINO and DINOv2 ViTs on timm's `VisionTransformer`, loading the official checkpoint files.
 
 Architectures are named as the official torch.hub entries (`dino_vits16`, ..., `dinov2_vitl14`,
-plus `dinov2_*_reg` with 4 register tokens). Every model is built with `dynamic_img_size=True`,
-so timm interpolates the position embedding (bicubic) to the exact patch grid of any input whose
-sides are multiples of the patch size; images are never resized to the pre-training size.
+plus `dinov2_*_reg` with 4 register tokens). Every model is built with `dynamic_img_size=True`:
+the position embedding is interpolated (bicubic, no antialiasing, as the official code) to the
+exact patch grid of any input whose sides are multiples of the patch size; images are never
+resized to the pre-training size.
 
 Weights (`build_vit(arch, weights)`):
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -84,6 +86,35 @@ VIT_ARCHS: Dict[str, ViTSpec] = {
 }
 
 
+class DinoVisionTransformer(VisionTransformer):
+    """timm's `VisionTransformer`, resizing its position embedding as the official DINO/DINOv2 code.
+
+    Both official codes interpolate bicubically without antialiasing (DINOv2's
+    `interpolate_antialias=False`); timm's dynamic size antialiases, whose PIL-style kernel changes
+    the embedding by about 4% (relative L2) even when upsampling. The target is the exact patch
+    grid, as timm and CuVLER's vendored DINO/DINOv2 do (LOST's DINO copy uses the older
+    `scale_factor` formula instead, see docs).
+    """
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens with positions added."""
+        if not self.dynamic_img_size:
+            return super()._pos_embed(x)
+        batch, height, width, dim = x.shape
+        pos_embed = resample_abs_pos_embed(
+            self.pos_embed,
+            new_size=(height, width),
+            old_size=self.patch_embed.grid_size,
+            num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
+            antialias=False,
+        )
+        x = x.view(batch, -1, dim)
+        prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:  # DINOv2 with registers: CLS/registers carry no position
+            return self.pos_drop(torch.cat(prefix + [x + pos_embed], dim=1))
+        return self.pos_drop(torch.cat(prefix + [x], dim=1) + pos_embed)
+
+
 class WeightsNotFoundError(FileNotFoundError):
     """The checkpoint of an architecture is neither given nor in the torch.hub cache."""
 
@@ -98,7 +129,7 @@ def get_spec(arch: str) -> ViTSpec:
     return VIT_ARCHS[arch]
 
 
-def create_vit(arch: str, **overrides) -> VisionTransformer:
+def create_vit(arch: str, **overrides) -> DinoVisionTransformer:
     """A randomly initialised timm ViT of `arch` (dynamic image size, no classifier head).
 
     `overrides` replace `depth`, `embed_dim`, `num_heads` (small models for tests) or any other
@@ -122,7 +153,7 @@ def create_vit(arch: str, **overrides) -> VisionTransformer:
         if spec.reg_tokens:
             kwargs.update(reg_tokens=spec.reg_tokens, no_embed_class=True)
     kwargs.update(overrides)
-    model = VisionTransformer(**kwargs)
+    model = DinoVisionTransformer(**kwargs)
     model.cad_arch = arch
     return model.eval()
 

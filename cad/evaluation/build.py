@@ -14,8 +14,13 @@ Each is called as `factory(cfg, dataset_name, output_dir)` and returns a `Datase
 
 @EVALUATOR_REGISTRY.register()
 def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    max_dets = MetadataCatalog.get(dataset_name).get("max_dets", cfg.CAD.EVAL_MAX_DETS)
-    return ClassAgnosticCOCOEvaluator(dataset_name, output_dir=output_dir, max_dets=max_dets)
+    metadata = MetadataCatalog.get(dataset_name)
+    return ClassAgnosticCOCOEvaluator(
+        dataset_name,
+        output_dir=output_dir,
+        max_dets=metadata.get("max_dets", cfg.CAD.EVAL_MAX_DETS),
+        tasks=metadata.get("eval_tasks", None),  # e.g. ("bbox",) for box-only ground truth
+    )
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:

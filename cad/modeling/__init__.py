@@ -1,1 +1,2 @@
 """Registered model components (meta-architectures, ROI heads, backbones)."""
+from cad.modeling.res5_extra_norm import Res5ROIHeadsExtraNorm  # noqa: F401  (registers the ROI head)
