@@ -60,7 +60,7 @@ def _eval_only(config: str, out: Path, *opts) -> dict:
     argv = ["--config-file", str(REPO / "configs" / config), "--eval-only", "OUTPUT_DIR", str(out),
             "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", *[str(o) for o in opts]]
     assert train_net(argv) == 0
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "eval_results.json").read_text())
 
 
 def _tiny(*weights):
