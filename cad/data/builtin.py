@@ -9,7 +9,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
 from cad.data.paths import datasets_root
-from cad.data.synthetic import SHAPES_SPLITS, load_shapes
+from cad.data.ssl_splits import register_standard_ssl_splits
+from cad.data.synthetic import (
+    SHAPES_MULTICLASS_METADATA,
+    SHAPES_MULTICLASS_SPLITS,
+    SHAPES_SPLITS,
+    load_shapes,
+    load_shapes_multiclass,
+)
 from cad.data.voc import register_class_agnostic_voc
 
 # name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
@@ -39,6 +46,10 @@ def register_all(root: Path) -> None:
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
+    for name, split in SHAPES_MULTICLASS_SPLITS.items():
+        DatasetCatalog.register(name, lambda name=name, split=split: load_shapes_multiclass(name, root, split))
+        MetadataCatalog.get(name).set(evaluator_type="coco", **SHAPES_MULTICLASS_METADATA)
+    register_standard_ssl_splits(root)
 
 
 register_all(datasets_root())

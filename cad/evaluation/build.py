@@ -1,6 +1,6 @@
 """Pick the evaluator of a split from its metadata `evaluator_type`."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
@@ -16,6 +16,12 @@ Each is called as `factory(cfg, dataset_name, output_dir)` and returns a `Datase
 def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     max_dets = MetadataCatalog.get(dataset_name).get("max_dets", cfg.CAD.EVAL_MAX_DETS)
     return ClassAgnosticCOCOEvaluator(dataset_name, output_dir=output_dir, max_dets=max_dets)
+
+
+@EVALUATOR_REGISTRY.register()
+def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+    """Multi-class COCO AP (Detectron2's COCOEvaluator; splits with evaluator_type "coco")."""
+    return COCOEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
