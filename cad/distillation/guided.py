@@ -109,6 +109,17 @@ class GuidedDistillationStep(SimpleTrainer):
         self.amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
+    def state_dict(self) -> Dict:
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
     def update_teacher(self, iteration: int) -> None:
         decay = teacher_decay(iteration, self.burnin_iter, self.ema_decay)
         if decay is not None:
@@ -221,6 +232,17 @@ class GuidedDistillationTrainer(CadTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def state_dict(self) -> Dict:
+        """Also the optimiser (and AMP scaler) state: Detectron2 0.6's DefaultTrainer omits it."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
 
     @property
     def model(self) -> nn.Module:
