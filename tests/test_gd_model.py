@@ -91,3 +91,15 @@ def test_sfp_registered_with_clear_error():
         assert "no_such_vit" in str(e)
     else:
         raise AssertionError("expected a KeyError")
+
+
+def test_all_guided_distillation_configs_load():
+    import glob
+
+    files = sorted(glob.glob("configs/GuidedDistillation/**/*.yaml", recursive=True))
+    assert len(files) >= 20
+    for f in files:
+        cfg = get_cfg()
+        add_cad_config(cfg)
+        cfg.merge_from_file(f)
+        assert cfg.CAD.TRAINER == "GuidedDistillationTrainer" and cfg.MODEL.META_ARCHITECTURE == "Mask2Former"
