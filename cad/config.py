@@ -55,6 +55,8 @@ def _add_motion_config(cfg: CN) -> None:
     m.NUM_SLOTS = 45
     m.SLOT_DIM = 64
     m.MLP_HIDDEN = 128
+    # Decoder hidden channels; 0 = SLOT_DIM (reference). Smaller values make CPU demos cheaper.
+    m.DECODER_DIM = 0
     # Loss weights: reconstruction, motion-mask WBCE, fg NLL, fg L1 regulariser, teacher pseudo-labels.
     m.RECON_WEIGHT = 1.0
     m.MASK_WEIGHT = 1.0

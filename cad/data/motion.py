@@ -261,9 +261,8 @@ class MotionClipMapper:
     image uint8 [T, 3, H, W] (RGB), motion_masks int64 [T, H, W] (train), gt_masks int64
     [T, H, W] (when available), range float [T, 4, H, W] (xMOD, `with_range`), moving_ids.
     Training: random clip start, random resized crop (fixed aspect ratio) and horizontal flip shared
-    by every frame, mask and range image (DIOD transforms.get_crop_transform); point drop / jitter
-    on the range image (xMOD transforms_3d). Colour augmentation is done on the student's copy in
-    the model, so the teacher sees the un-jittered frames.
+    by every frame, mask and range image (DIOD transforms.get_crop_transform). Colour and point
+    augmentations are applied to the student's copy in the model, so the teachers see clean inputs.
     """
 
     def __init__(self, cfg, is_train: bool = True, with_range: bool = False):
@@ -274,7 +273,6 @@ class MotionClipMapper:
         self.size = tuple(m.INPUT_SIZE)
         self.crop_prob, self.crop_scale, self.flip_prob = m.CROP_PROB, tuple(m.CROP_SCALE), m.FLIP_PROB
         self.min_mask_area = m.MIN_MASK_AREA
-        self.drop_prob, self.jitter_prob = m.POINT_DROP_PROB, m.POINT_JITTER_PROB
 
     def _geometry(self, img: np.ndarray, crop_top: float, box, flip: bool, nearest: bool) -> np.ndarray:
         h = img.shape[0]
@@ -304,17 +302,6 @@ class MotionClipMapper:
             return range_image_from_points(velodyne_to_rect(pts, d["calib"]), np.asarray(d["calib"]["P_rect"]), *raw_hw)
         raise ValueError(f"video '{d['video']}' has no depth or velodyne data for the 3D branch")
 
-    def _augment_range(self, rng_img: np.ndarray) -> np.ndarray:
-        """Point drop (fraction p with probability p) and x/y/z jitter; range recomputed after jitter."""
-        valid = rng_img[:, :1] > 0
-        if random.random() < self.drop_prob:
-            valid = valid & (np.random.rand(*valid.shape) >= self.drop_prob)
-        if random.random() < self.jitter_prob:
-            jit = np.array([random.uniform(0, 0.1), random.uniform(0, 0.1), random.uniform(-0.1, 0.1)], np.float32)
-            xyz = np.clip(rng_img[:, :3] + jit[None, :, None, None], 1e-3, 1 - 1e-3)
-            rng_img = np.concatenate([xyz, np.clip(np.linalg.norm(xyz, axis=1, keepdims=True), 1e-3, 1 - 1e-3)], 1)
-        return rng_img * valid
-
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = dataset_dict
         n, T = len(d["frames"]), d.get("clip_length", self.clip_length)
@@ -340,8 +327,6 @@ class MotionClipMapper:
             rng_img = np.stack([self._geometry(r.transpose(1, 2, 0), ct, box, flip, True).transpose(2, 0, 1) for r in rngs])
             if flip:  # x channel mirrors with the image (xMOD flipped y by mistake)
                 rng_img[:, 0] = np.where(rng_img[:, 0] > 0, 1 - rng_img[:, 0], 0)
-            if self.is_train:
-                rng_img = self._augment_range(rng_img)
             out["range"] = torch.from_numpy(np.ascontiguousarray(rng_img, dtype=np.float32))
         return out
 

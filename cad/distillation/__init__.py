@@ -1,0 +1,2 @@
+"""Teacher-student training (DIOD / xMOD self-distillation)."""
+from cad.distillation import motion  # noqa: F401  (registers MotionTrainer)

@@ -1,0 +1,91 @@
+"""DIOD / xMOD self-distillation: the EMA teacher update and the registered `MotionTrainer`.
+
+Stages (DIOD): burn-in on motion masks until CAD.MOTION.TEACHER_START_ITER, then the teachers are
+copied from the students and follow them by EMA (keep rate 0.996, every optimiser step, whole
+state_dict: BN statistics and the slot buffer included). The model's checkpoint holds students,
+teachers and the stage flag, so `--resume` restores all of them. Adam (lr 5e-4), gradient-norm
+clip (SOLVER.CLIP_GRADIENTS), lr = base * min(1, it/warmup) * 0.5^(it/half-life) (DIOD).
+"""
+import logging
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import SimpleTrainer
+from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+
+from cad.data.motion import MotionClipMapper
+from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, keep_rate: float) -> None:
+    """teacher <- keep_rate * teacher + (1 - keep_rate) * student over the whole state_dict
+    (floating tensors; integer buffers such as BN's num_batches_tracked are copied)."""
+    s = student.state_dict()
+    for name, t in teacher.state_dict().items():
+        if t.dtype.is_floating_point:
+            t.mul_(keep_rate).add_(s[name].detach(), alpha=1 - keep_rate)
+        else:
+            t.copy_(s[name])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def lr_factor(it: int, warmup: int, half_life: float) -> float:
+    """DIOD's schedule factor: min(1, it/warmup) * 0.5^(it/half_life) (decay also during warmup)."""
+    return min(1.0, (it + 1) / max(1, warmup)) * 0.5 ** (it / half_life)
+
+
+class MotionStepTrainer(SimpleTrainer):
+    """One iteration: start distillation at `start_iter` (teacher <- student), the usual
+    forward/backward/step, then the EMA teacher update once distillation runs."""
+
+    def __init__(self, model, data_loader, optimizer, start_iter: int, keep_rate: float):
+        super().__init__(model, data_loader, optimizer)
+        self.teacher_start_iter, self.keep_rate = start_iter, keep_rate
+
+    def run_step(self) -> None:
+        model = _unwrap(self.model)
+        if 0 <= self.teacher_start_iter <= self.iter and not bool(model.distilling):
+            logger.info("Iteration %d: burn-in done, self-distillation starts (teacher <- student)", self.iter)
+            model.start_distillation()
+        super().run_step()
+        if bool(model.distilling):
+            ema_update(model.teachers, model.students, self.keep_rate)
+
+
+@TRAINER_REGISTRY.register()
+class MotionTrainer(CadTrainer):
+    """CadTrainer for the `DIOD` / `XMOD` meta-architectures (clip loaders, Adam, DIOD lr, EMA)."""
+
+    @staticmethod
+    def _with_range(cfg) -> bool:
+        return cfg.MODEL.META_ARCHITECTURE == "XMOD"
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        m = cfg.CAD.MOTION
+        return MotionStepTrainer(model, data_loader, optimizer, m.TEACHER_START_ITER, m.EMA_KEEP_RATE)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return maybe_add_gradient_clipping(cfg, torch.optim.Adam)(params, lr=cfg.SOLVER.BASE_LR)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        warmup, half_life = cfg.SOLVER.WARMUP_ITERS, cfg.CAD.MOTION.LR_HALF_LIFE
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, warmup, half_life))
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=MotionClipMapper(cfg, False, cls._with_range(cfg)))
