@@ -42,8 +42,10 @@ log "installing torch/torchvision"
 log "installing cad's dependencies"
 "${pip[@]}" install -q -r "$root/install/requirements-cad.txt"
 
-if ! "$venv/bin/python" -c 'import detectron2, detectron2.layers' 2>/dev/null \
-   || [[ "$("$venv/bin/python" -c 'import detectron2; print(detectron2.__version__)')" != "$d2_version" ]]; then
+d2_marker="$venv/.cad-detectron2-patch"
+d2_want="$d2_sha256 $(sha256sum "$patch_file" | cut -d' ' -f1)"
+if [[ ! -f "$d2_marker" || "$(cat "$d2_marker")" != "$d2_want" ]] \
+   || ! "$venv/bin/python" -c 'import detectron2.layers' 2>/dev/null; then
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   log "downloading $d2_sdist"
@@ -55,7 +57,8 @@ if ! "$venv/bin/python" -c 'import detectron2, detectron2.layers' 2>/dev/null \
   log "patching detectron2 ($patch_file)"
   (cd "$src" && patch -p1 --quiet --forward < "$patch_file")
   log "installing detectron2"
-  "${pip[@]}" install -q --no-deps --no-build-isolation "$src"
+  "${pip[@]}" install -q --no-deps --no-build-isolation --force-reinstall "$src"
+  echo "$d2_want" > "$d2_marker"
 fi
 
 log "installing cad (editable)"

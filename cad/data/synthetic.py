@@ -43,6 +43,9 @@ class ShapesSplit:
 SHAPES_SPLITS = {
     "synthetic_shapes_train": ShapesSplit("shapes_train", num_images=400, seed=0),
     "synthetic_shapes_val": ShapesSplit("shapes_val", num_images=100, seed=10_000),
+    # Small splits for fast tests.
+    "synthetic_shapes_tiny_train": ShapesSplit("shapes_tiny_train", num_images=16, seed=20_000, size=128),
+    "synthetic_shapes_tiny_val": ShapesSplit("shapes_tiny_val", num_images=8, seed=30_000, size=128),
 }
 
 

@@ -63,15 +63,25 @@ def render_predictions(
     if image_ids is not None:
         wanted = set(image_ids)
         records = [r for r in records if r["image_id"] in wanted]
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     for record in tqdm(records[:num_images], desc="visualize", leave=False):
         panel = draw_image(record, _as_record_annotations(by_image[record["image_id"]], score_thresh), metadata)
         if with_ground_truth and record.get("annotations"):
             gt = draw_image(record, record["annotations"], metadata)
             panel = np.concatenate([gt, panel], axis=1)
-        path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(record['file_name']))[0]}.png")
-        atomic_write_png(path, panel)
-        written.append(path)
+        written.append(_write(panel, record, out_dir))
     logger.info("Wrote %d PNGs to %s", len(written), out_dir)
     return written
+
+
+def render_ground_truth(dataset_name: str, out_dir: str, num_images: int = 8) -> List[str]:
+    """Write PNGs of the ground-truth annotations of the first `num_images` of a split."""
+    metadata = MetadataCatalog.get(dataset_name)
+    records = DatasetCatalog.get(dataset_name)[:num_images]
+    return [_write(draw_image(r, r.get("annotations", []), metadata), r, out_dir) for r in records]
+
+
+def _write(panel: np.ndarray, record: Dict, out_dir: str) -> str:
+    path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(record['file_name']))[0]}.png")
+    atomic_write_png(path, panel)
+    return path

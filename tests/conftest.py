@@ -1,0 +1,46 @@
+"""Test-wide setup: one torch thread, a private dataset root, helpers to run the tools."""
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before cad is imported anywhere: cad registers its splits under $DETECTRON2_DATASETS.
+os.environ["DETECTRON2_DATASETS"] = os.environ.get("CAD_TEST_DATASETS") or tempfile.mkdtemp(prefix="cad-test-ds-")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "Foundation" / "mask_rcnn_R_18_FPN_synthetic.yaml"
+# Overrides that make the demo config a 2-iteration run on the tiny synthetic splits.
+TINY_OPTS = [
+    "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)",
+    "DATASETS.TEST", "('synthetic_shapes_tiny_val',)",
+    "SOLVER.MAX_ITER", "2",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "1",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128",
+    "DATALOADER.NUM_WORKERS", "0",
+    "CAD.NUM_THREADS", "1",
+    "CAD.VIS_NUM_IMAGES", "0",
+]
+
+
+def run_tool(script: str, *args: str, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `tools/<script>` with this interpreter; returns the completed process (text output)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / script), *args],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    return Path(os.environ["DETECTRON2_DATASETS"])

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Seconds per training iteration and peak memory for one or more configs.
+
+Example (the figures in the README):
+  tools/benchmarks/train_step.py --threads 1 2 \
+      configs/Foundation/mask_rcnn_R_18_FPN_synthetic.yaml \
+      configs/Foundation/mask_rcnn_R_50_FPN_synthetic.yaml \
+      configs/Foundation/cascade_mask_rcnn_R_18_FPN_synthetic.yaml
+Each (config, threads) pair runs in a fresh process so peak memory is per run.
+"""
+import argparse
+import json
+import subprocess
+import sys
+
+
+def run_one(config: str, threads: int, iters: int, warmup: int, opts) -> dict:
+    from detectron2.config import get_cfg
+
+    from cad.config import add_cad_config
+    from cad.engine.benchmark import benchmark_training
+    from cad.engine.setup import adapt_to_device
+
+    import torch
+
+    torch.set_num_threads(threads)
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark", *opts])
+    adapt_to_device(cfg)
+    return {"config": config, "threads": threads, "batch": cfg.SOLVER.IMS_PER_BATCH,
+            **benchmark_training(cfg, iters=iters, warmup=warmup)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.configs[0], args.threads[0], args.iters, args.warmup, args.opts)))
+        return 0
+    for config in args.configs:
+        for threads in args.threads:
+            cmd = [sys.executable, __file__, "--one", config, "--threads", str(threads), "--iters", str(args.iters),
+                   "--warmup", str(args.warmup), "--opts", *args.opts]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                return proc.returncode
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{r['config']}: threads={r['threads']} batch={r['batch']} "
+                  f"{r['s_per_iter']:.3f} s/iter, peak RSS {r['peak_rss_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Draw ground truth, pseudo-labels or predictions on the images of a split, as PNGs.
+
+Examples:
+  tools/visualize.py --dataset synthetic_shapes_val --out vis/gt
+  tools/visualize.py --dataset synthetic_shapes_val \
+      --results output/demo/inference/synthetic_shapes_val/coco_instances_results.json --out vis/pred
+  tools/visualize.py --dataset imagenet_val_cls_agnostic --results pseudo.json --score-thresh 0 --out vis/pl
+
+`--results` takes a COCO results list (predictions) or a COCO JSON with `annotations`
+(pseudo-labels); with ground truth in the split, each PNG shows it on the left.
+"""
+import argparse
+import os
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="registered split name")
+    parser.add_argument("--results", default=None, help="COCO results/annotations JSON; omit to draw ground truth")
+    parser.add_argument("--out", required=True, help="output folder for PNGs")
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--score-thresh", type=float, default=0.5)
+    parser.add_argument("--no-gt", action="store_true", help="do not show ground truth next to the results")
+    args = parser.parse_args()
+
+    from detectron2.data import DatasetCatalog
+
+    import cad  # noqa: F401  (registers the splits)
+    from cad.data.paths import DatasetMissingError
+    from cad.utils.visualize import render_ground_truth, render_predictions
+
+    if args.dataset not in DatasetCatalog.list():
+        print(f"error: unknown dataset '{args.dataset}' (see datasets/README.md)", file=sys.stderr)
+        return 2
+    if args.results and not os.path.isfile(args.results):
+        print(f"error: results file not found: {args.results}", file=sys.stderr)
+        return 2
+    try:
+        if args.results:
+            paths = render_predictions(
+                args.dataset, args.results, args.out, args.num_images, args.score_thresh, not args.no_gt
+            )
+        else:
+            paths = render_ground_truth(args.dataset, args.out, args.num_images)
+    except DatasetMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} PNGs to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
