@@ -213,8 +213,7 @@ def _kitti_raw_calib(date_dir: Path) -> Optional[Dict]:
 
 
 MOTION_DATASETS = {
-    "synthetic_motion_train": ("Synthetic data", lambda root: load_synthetic_motion("synthetic_motion_train", root)),
-    "synthetic_motion_val": ("Synthetic data", lambda root: load_synthetic_motion("synthetic_motion_val", root)),
+    **{name: ("Synthetic data", lambda root, name=name: load_synthetic_motion(name, root)) for name in MOTION_SPLITS},
     "tri_pd_train": ("TRI-PD", lambda root: load_tri_pd(root, "train")),
     "tri_pd_val": ("TRI-PD", lambda root: load_tri_pd(root, "val")),
     "kitti_train": ("KITTI", lambda root: load_kitti(root, "train")),

@@ -50,6 +50,9 @@ class MotionSplit:
 MOTION_SPLITS = {
     "synthetic_motion_train": MotionSplit("train", num_videos=48, num_frames=20, seed=1),
     "synthetic_motion_val": MotionSplit("val", num_videos=12, num_frames=10, seed=20_000),
+    # for tests
+    "synthetic_motion_tiny_train": MotionSplit("tiny_train", num_videos=3, num_frames=6, seed=30_000, height=32, width=64),
+    "synthetic_motion_tiny_val": MotionSplit("tiny_val", num_videos=2, num_frames=5, seed=40_000, height=32, width=64),
 }
 
 
