@@ -89,3 +89,53 @@ class MotionTrainer(CadTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         return build_detection_test_loader(cfg, dataset_name, mapper=MotionClipMapper(cfg, False, cls._with_range(cfg)))
+
+
+def random_clips(cfg, batch: int, generator: torch.Generator) -> list:
+    """`batch` random mapped clips at CAD.MOTION.INPUT_SIZE (frames, two moving boxes, range image)."""
+    m = cfg.CAD.MOTION
+    t, (h, w) = m.CLIP_LENGTH, m.INPUT_SIZE
+    clips = []
+    for _ in range(batch):
+        motion = torch.zeros(t, h, w, dtype=torch.long)
+        for obj in (1, 2):
+            y, x = int(torch.randint(0, h // 2, (), generator=generator)), int(torch.randint(0, w // 2, (), generator=generator))
+            for i in range(t):
+                motion[i, y: y + h // 4, x + 2 * i: x + 2 * i + w // 6] = obj
+        clips.append({"image": torch.randint(0, 256, (t, 3, h, w), dtype=torch.uint8, generator=generator),
+                      "motion_masks": motion, "range": torch.rand(t, 4, h, w, generator=generator)})
+    return clips
+
+
+def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int = 0) -> dict:
+    """Time `iters` self-distillation training steps (after `warmup`) on random clips."""
+    import time
+
+    from detectron2.modeling import build_model
+
+    from cad.engine.benchmark import peak_memory_mb
+
+    if threads or cfg.CAD.NUM_THREADS:
+        torch.set_num_threads(threads or cfg.CAD.NUM_THREADS)
+    g = torch.Generator().manual_seed(0)
+    model = build_model(cfg)
+    model.start_distillation()
+    model.train()
+    opt = MotionTrainer.build_optimizer(cfg, model)
+    clips = random_clips(cfg, batch, g)
+    cuda = torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda")
+    for i in range(warmup + iters):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = sum(model(clips).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update(model.teachers, model.students, cfg.CAD.MOTION.EMA_KEEP_RATE)
+    if cuda:
+        torch.cuda.synchronize()
+    return {"arch": cfg.MODEL.META_ARCHITECTURE, "input": list(cfg.CAD.MOTION.INPUT_SIZE), "frames": cfg.CAD.MOTION.CLIP_LENGTH,
+            "batch": batch, "threads": torch.get_num_threads(), "device": cfg.MODEL.DEVICE,
+            "s_per_iter": (time.perf_counter() - start) / iters, **peak_memory_mb()}

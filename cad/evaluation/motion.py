@@ -215,3 +215,24 @@ def motion(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """The `motion` evaluator_type: `MotionEvaluator` with cfg.CAD.MOTION.EVAL_* settings."""
     m = cfg.CAD.MOTION
     return MotionEvaluator(dataset_name, output_dir, m.EVAL_IOU, m.EVAL_STRICT_IOU, m.EVAL_MIN_OBJECTS)
+
+
+def trivial_baseline_masks(motion_masks: torch.Tensor, num_slots: int, kind: str, stride: int = 4) -> torch.Tensor:
+    """Reference predictions for the evidence table, as slot masks [T, K, H/stride, W/stride]:
+
+    - "all_background": every pixel in the background (last) slot;
+    - "motion_components": each 4-connected component of the (binary) motion mask of a frame is one
+      slot (at most K-1; further components join the last object slot), the rest is background.
+    motion_masks int [T, H, W] (0 = static/background).
+    """
+    from skimage.measure import label as connected_components
+
+    small = F.interpolate(motion_masks[:, None].float(), scale_factor=1 / stride, mode="nearest")[:, 0].long()
+    labels = torch.full_like(small, num_slots - 1)
+    if kind == "motion_components":
+        for t in range(len(small)):
+            comp = torch.from_numpy(connected_components((small[t] > 0).numpy(), connectivity=1)).long()
+            labels[t][comp > 0] = (comp[comp > 0] - 1).clamp(max=num_slots - 2)
+    elif kind != "all_background":
+        raise ValueError(f"unknown baseline '{kind}' (all_background, motion_components)")
+    return F.one_hot(labels, num_slots).permute(0, 3, 1, 2).float()
