@@ -11,7 +11,9 @@ import logging
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import SimpleTrainer
+from detectron2.solver import LRMultiplier
 from detectron2.solver.build import maybe_add_gradient_clipping
+from fvcore.common.param_scheduler import ParamScheduler
 from torch import nn
 
 from cad.data.motion import MotionClipMapper
@@ -39,6 +41,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def lr_factor(it: int, warmup: int, half_life: float) -> float:
     """DIOD's schedule factor: min(1, it/warmup) * 0.5^(it/half_life) (decay also during warmup)."""
     return min(1.0, (it + 1) / max(1, warmup)) * 0.5 ** (it / half_life)
+
+
+class DIODLRSchedule(ParamScheduler):
+    """`lr_factor` as an fvcore ParamScheduler (called with the training progress in [0, 1))."""
+
+    def __init__(self, max_iter: int, warmup: int, half_life: float):
+        self.max_iter, self.warmup, self.half_life = max_iter, warmup, half_life
+
+    def __call__(self, where: float) -> float:
+        return lr_factor(int(round(where * self.max_iter)), self.warmup, self.half_life)
 
 
 class MotionStepTrainer(SimpleTrainer):
@@ -79,8 +91,9 @@ class MotionTrainer(CadTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        warmup, half_life = cfg.SOLVER.WARMUP_ITERS, cfg.CAD.MOTION.LR_HALF_LIFE
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, warmup, half_life))
+        # Detectron2's LRMultiplier: its state is checkpointed, so --resume continues the schedule.
+        sched = DIODLRSchedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.CAD.MOTION.LR_HALF_LIFE)
+        return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
 
     @classmethod
     def build_train_loader(cls, cfg):
