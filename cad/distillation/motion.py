@@ -120,8 +120,9 @@ def random_clips(cfg, batch: int, generator: torch.Generator) -> list:
     return clips
 
 
-def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int = 0) -> dict:
-    """Time `iters` self-distillation training steps (after `warmup`) on random clips."""
+def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int = 0, inference: bool = False) -> dict:
+    """Time `iters` self-distillation training steps (after `warmup`) on random clips, or with
+    `inference` the eval-mode forward pass only."""
     import time
 
     from detectron2.modeling import build_model
@@ -137,11 +138,17 @@ def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int
     opt = MotionTrainer.build_optimizer(cfg, model)
     clips = random_clips(cfg, batch, g)
     cuda = torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda")
+    if inference:
+        model.eval()
     for i in range(warmup + iters):
         if i == warmup:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
+        if inference:
+            with torch.no_grad():
+                model(clips)
+            continue
         loss = sum(model(clips).values())
         opt.zero_grad()
         loss.backward()
@@ -150,5 +157,5 @@ def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int
     if cuda:
         torch.cuda.synchronize()
     return {"arch": cfg.MODEL.META_ARCHITECTURE, "input": list(cfg.CAD.MOTION.INPUT_SIZE), "frames": cfg.CAD.MOTION.CLIP_LENGTH,
-            "batch": batch, "threads": torch.get_num_threads(), "device": cfg.MODEL.DEVICE,
+            "batch": batch, "mode": "inference" if inference else "train", "threads": torch.get_num_threads(), "device": cfg.MODEL.DEVICE,
             "s_per_iter": (time.perf_counter() - start) / iters, **peak_memory_mb()}
