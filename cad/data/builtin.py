@@ -9,8 +9,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.data.motion import register_motion_datasets
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
+from cad.data.coco20k import register_coco20k
+from cad.data.imagenet import register_imagenet_splits
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
+from cad.data.self_training import register_self_training_splits
+from cad.data.synthetic_pseudo import register_pseudo_shapes
 from cad.data.voc import register_class_agnostic_voc
 
 # name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
@@ -20,13 +24,17 @@ _COCO_FORMAT_SPLITS = {
     "cls_agnostic_coco20k": ("coco/train2014", "coco/annotations/coco20k_trainval_gt.json", "COCO", {}),
     # LVIS v1 val in CutLER's "cocofied" class-agnostic JSON; LVIS-style evaluation keeps 300 detections.
     "cls_agnostic_lvis_val": ("coco", "coco/annotations/lvis1.0_cocofied_val_cls_agnostic.json", "LVIS", {"max_dets": 300}),
+    # LOST's boxes (tools/discover.py lost --dataset <split> --out <json>): LOST+CAD training sets.
+    "voc07_trainval_lost": ("VOC2007/JPEGImages", "pseudo_labels/lost_voc07_trainval.json", "LOST pseudo-labels", {}),
+    "voc12_trainval_lost": ("VOC2012/JPEGImages", "pseudo_labels/lost_voc12_trainval.json", "LOST pseudo-labels", {}),
+    "coco20k_train_lost": ("coco/train2014", "pseudo_labels/lost_coco20k_train.json", "LOST pseudo-labels", {}),
 }
 
-# name -> (VOC folder, image-set, year)
+# name -> (VOC folder, image-set, year, evaluator type); LOST's trainval splits are scored by CorLoc.
 _VOC_SPLITS = {
-    "voc07_trainval": ("VOC2007", "trainval", 2007),
-    "voc07_test": ("VOC2007", "test", 2007),
-    "voc12_trainval": ("VOC2012", "trainval", 2012),
+    "voc07_trainval": ("VOC2007", "trainval", 2007, "corloc"),
+    "voc07_test": ("VOC2007", "test", 2007, "class_agnostic"),
+    "voc12_trainval": ("VOC2012", "trainval", 2012, "corloc"),
 }
 
 
@@ -34,12 +42,15 @@ def register_all(root: Path) -> None:
     """Register every predefined split of this module with Detectron2's catalogs."""
     for name, (images, ann, section, extra) in _COCO_FORMAT_SPLITS.items():
         register_class_agnostic_coco(name, root / ann, root / images, section, **extra)
-    for name, (folder, split, year) in _VOC_SPLITS.items():
-        # VOC splits are evaluated class-agnostically (COCO-style AP); LOST's CorLoc uses them too.
-        register_class_agnostic_voc(name, root / folder, split, year, "class_agnostic")
+    for name, (folder, split, year, evaluator_type) in _VOC_SPLITS.items():
+        register_class_agnostic_voc(name, root / folder, split, year, evaluator_type)
+    register_coco20k(root)
+    register_imagenet_splits(root)
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
+    register_pseudo_shapes(root)
+    register_self_training_splits(root)
     register_motion_datasets(root)
 
 

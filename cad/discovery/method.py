@@ -2,22 +2,33 @@
 
 The pipeline (`cad/discovery/pipeline.py`) runs every method in two stages:
 
-- stage 1 (GPU when present, batched): `method.stage1(images)` runs the ViT(s) and returns, per
-  image, a dict of numpy arrays (features, eigenvectors, ...) that the pipeline stores per shard;
+- stage 1 (GPU when present): `method.stage1(images)` gets a batch of images (a list of
+  `--batch-size` `DiscoveryImage`s of possibly different sizes; the method resizes/pads and
+  batches them as it needs) and returns, per image and in the same order, a dict of numpy arrays
+  (features, eigenvectors, ...) that the pipeline stores per chunk of images on disk;
 - stage 2 (CPU, `--workers` processes): `method.stage2(image, arrays)` turns one image's arrays
-  into COCO annotations (category_id 1, bbox [x, y, w, h] in original pixels, score, and for
-  mask methods `segmentation` as compressed RLE at the original size).
+  into COCO annotations: `bbox` [x, y, w, h] in original pixels, `score`, and for mask methods
+  `segmentation` as compressed RLE at the original size (`cad.discovery.export.encode_mask`).
+  The pipeline adds `id`, `image_id`, `category_id` (1), `area` and `iscrowd` (0).
 
 Methods register themselves with `@register_method(name)` under the name used by
-`tools/discover.py {lost,maskcut,votecut}` and by the meta-architectures.
+`tools/discover.py {lost,maskcut,votecut}`, in a module `cad.discovery.<name>` (imported on first
+use by `build_method`). A method is built as `cls(options)` with a `MethodOptions`; building must
+be cheap (load the ViTs lazily, on the first `stage1` call), because the pipeline builds one
+instance in every stage-2 worker process from the same `MethodOptions` (so everything `stage2`
+depends on must follow from them), and `stage2` must not need the ViTs.
 """
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Protocol
+from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 
 # name ("lost", "maskcut", "votecut") -> class following `DiscoveryMethod`.
 DISCOVERY_METHODS: Dict[str, type] = {}
+
+# The methods of tools/discover.py; each lives in the module `cad.discovery.<name>`.
+BUILTIN_METHODS = ("lost", "maskcut", "votecut")
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -41,11 +52,63 @@ class DiscoveryImage:
     image: np.ndarray
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """How a method is built.
+
+    models: (architecture, weights file or None) pairs in order, e.g. (("dino_vits16", None),);
+        None as weights means the torch.hub cache under the official file name; an empty tuple
+        means the method's own default model(s).
+    device: torch device of stage 1 ("cpu", "cuda", "cuda:1").
+    crf: run the dense CRF post-processing (mask methods; `--no-crf` sets it False).
+    """
+
+    models: Tuple[Tuple[str, Optional[str]], ...] = ()
+    device: str = "cpu"
+    crf: bool = True
+
+
 class DiscoveryMethod(Protocol):
     """What the pipeline calls; see the module docstring."""
+
+    def __init__(self, options: MethodOptions) -> None:
+        ...
 
     def stage1(self, images: List[DiscoveryImage]) -> List[Dict[str, np.ndarray]]:
         ...
 
     def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> List[Dict]:
         ...
+
+
+class UnknownMethodError(KeyError):
+    """A method name that is neither registered nor a module `cad.discovery.<name>`."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def available_methods() -> List[str]:
+    """Names accepted by `build_method`: the built-in ones plus any registered so far."""
+    return sorted(set(BUILTIN_METHODS) | set(DISCOVERY_METHODS))
+
+
+def method_class(name: str) -> type:
+    """The class registered as `name`, importing `cad.discovery.<name>` when needed."""
+    if name not in DISCOVERY_METHODS and name in BUILTIN_METHODS:
+        try:
+            importlib.import_module(f"cad.discovery.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"cad.discovery.{name}":
+                raise
+            raise UnknownMethodError(f"discovery method '{name}' is not installed (no module cad.discovery.{name})") from None
+    if name not in DISCOVERY_METHODS:
+        raise UnknownMethodError(
+            f"unknown discovery method '{name}' (available: {', '.join(available_methods())})"
+        )
+    return DISCOVERY_METHODS[name]
+
+
+def build_method(name: str, options: MethodOptions) -> DiscoveryMethod:
+    """Build the method registered as `name` (see the module docstring)."""
+    return method_class(name)(options)

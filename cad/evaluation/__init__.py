@@ -1,6 +1,7 @@
-"""Evaluators (class-agnostic COCO AP/AR, ...) and the registry that picks one per split."""
+"""Evaluators (class-agnostic COCO AP/AR, CorLoc, ...) and the registry that picks one per split."""
 from cad.evaluation.build import EVALUATOR_REGISTRY, build_evaluator
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
+from cad.evaluation.corloc import CorLocEvaluator, corloc
 from cad.evaluation.motion import MotionEvaluator
 
-__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "MotionEvaluator"]
+__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "CorLocEvaluator", "MotionEvaluator", "corloc"]

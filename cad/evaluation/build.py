@@ -1,6 +1,6 @@
 """Pick the evaluator of a split from its metadata `evaluator_type`."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
@@ -14,16 +14,33 @@ Each is called as `factory(cfg, dataset_name, output_dir)` and returns a `Datase
 
 @EVALUATOR_REGISTRY.register()
 def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    max_dets = MetadataCatalog.get(dataset_name).get("max_dets", cfg.CAD.EVAL_MAX_DETS)
-    return ClassAgnosticCOCOEvaluator(dataset_name, output_dir=output_dir, max_dets=max_dets)
+    metadata = MetadataCatalog.get(dataset_name)
+    return ClassAgnosticCOCOEvaluator(
+        dataset_name,
+        output_dir=output_dir,
+        max_dets=metadata.get("max_dets", cfg.CAD.EVAL_MAX_DETS),
+        tasks=metadata.get("eval_tasks", None),  # e.g. ("bbox",) for box-only ground truth
+    )
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    """The evaluator registered for the split's `evaluator_type`; a clear error if none is."""
+    """The evaluator of the split's `evaluator_type`, plus those of `CAD.EVAL_EXTRA_TYPES` and the
+    training-JSON writer when `CAD.EVAL_DUMP_TRAINING_JSON` is set (then a split without an
+    evaluator type only gets the writer). A clear error when a type is not registered."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type is None or evaluator_type not in EVALUATOR_REGISTRY:
+    dump = cfg.CAD.EVAL_DUMP_TRAINING_JSON
+    types = [] if evaluator_type is None and dump else [evaluator_type]
+    types += [t for t in cfg.CAD.EVAL_EXTRA_TYPES if t not in types]
+    unknown = [t for t in types if t is None or t not in EVALUATOR_REGISTRY]
+    if unknown:
         raise ValueError(
-            f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
+            f"no evaluator for dataset '{dataset_name}' (evaluator_type={unknown[0]!r}); "
             f"known types: {sorted(k for k, _ in EVALUATOR_REGISTRY)}"
         )
-    return EVALUATOR_REGISTRY.get(evaluator_type)(cfg, dataset_name, output_dir)
+    evaluators = [EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_dir) for t in types]
+    if dump:
+        from cad.evaluation.training_json import TrainingJSONWriter, training_json_path
+
+        path = training_json_path(dump, dataset_name, output_dir)
+        evaluators.append(TrainingJSONWriter(dataset_name, path, cfg.CAD.EVAL_DUMP_SCORE_THRESH))
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

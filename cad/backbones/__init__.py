@@ -1,0 +1,25 @@
+"""Self-supervised ViT backbones (DINO, DINOv2 on timm), feature hooks and Detectron2 wrappers."""
+from cad.backbones.d2_backbone import SimpleFeaturePyramid, ViTBackbone  # registers the Detectron2 backbones
+from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
+from cad.backbones.vit import (
+    VIT_ARCHS,
+    CheckpointLayoutError,
+    WeightsNotFoundError,
+    build_vit,
+    save_random_checkpoint,
+)
+
+__all__ = [
+    "VIT_ARCHS",
+    "CheckpointLayoutError",
+    "WeightsNotFoundError",
+    "SimpleFeaturePyramid",
+    "ViTBackbone",
+    "ViTFeatures",
+    "build_vit",
+    "extract_features",
+    "normalize_image",
+    "pad_to_patch_multiple",
+    "preprocess_lost",
+    "save_random_checkpoint",
+]

@@ -1,0 +1,81 @@
+"""Class-agnostic COCO JSON of pseudo-labels: RLE encoding, annotation checks, assembly.
+
+The format (DESIGN.md, "Command-line contracts"): `images` (id, file_name, width, height),
+`annotations` (id, image_id, category_id 1, bbox [x, y, w, h] in original pixels, score, area,
+iscrowd 0, and for mask methods `segmentation` as compressed RLE at the original size),
+`categories` [{id: 1, name: "object"}].
+"""
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+from cad.utils.io import atomic_write_json
+
+CATEGORIES = [{"id": 1, "name": "object"}]
+
+
+def encode_mask(mask: np.ndarray) -> Dict:
+    """Compressed RLE (JSON-ready: `counts` is a str) of a binary mask (H, W)."""
+    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def decode_mask(rle: Mapping) -> np.ndarray:
+    """Binary mask (H, W) bool of a compressed RLE (counts as str or bytes)."""
+    counts = rle["counts"]
+    return mask_util.decode({"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+
+
+def normalize_annotation(ann: Mapping, image_id: int, height: int, width: int) -> Dict:
+    """One method annotation as plain JSON types, with `image_id`, `category_id`, `area`, `iscrowd`.
+
+    Checks that `bbox` has 4 finite values and that a `segmentation` RLE has the original size
+    [height, width] (a swapped width/height, a reference bug, fails here). `area` is the mask
+    area for masks, else the box area. Raises ValueError with the reason.
+    """
+    bbox = [float(v) for v in ann["bbox"]]
+    if len(bbox) != 4 or not np.all(np.isfinite(bbox)) or bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f"image {image_id}: bad bbox {ann['bbox']} (expected [x, y, w, h])")
+    out = {
+        "image_id": int(image_id),
+        "category_id": int(ann.get("category_id", 1)),
+        "bbox": bbox,
+        "score": float(ann.get("score", 1.0)),
+        "iscrowd": 0,
+    }
+    if "segmentation" in ann:
+        rle = dict(ann["segmentation"])
+        if [int(v) for v in rle["size"]] != [int(height), int(width)]:
+            raise ValueError(
+                f"image {image_id}: mask RLE size {list(rle['size'])} != original [height, width] [{height}, {width}]"
+            )
+        counts = rle["counts"]
+        rle = {"size": [int(height), int(width)], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+        out["segmentation"] = rle
+        out["area"] = float(mask_util.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+    else:
+        out["area"] = bbox[2] * bbox[3]
+    return out
+
+
+def image_entry(image_id: int, file_name: str, height: int, width: int) -> Dict:
+    """A COCO `images` entry (width = number of columns, height = number of rows)."""
+    return {"id": int(image_id), "file_name": str(file_name), "width": int(width), "height": int(height)}
+
+
+def assemble_coco(images: Iterable[Dict], annotations: Iterable[Dict]) -> Dict:
+    """The COCO dict: annotations get consecutive ids 1, 2, ... in the given order."""
+    anns: List[Dict] = []
+    for i, ann in enumerate(annotations, start=1):
+        anns.append({"id": i, **{k: v for k, v in ann.items() if k != "id"}})
+    return {"images": list(images), "annotations": anns, "categories": CATEGORIES}
+
+
+def write_coco_json(path: Path, images: Iterable[Dict], annotations: Iterable[Dict]) -> Dict:
+    """Assemble and write the COCO JSON atomically; returns the dict written."""
+    coco = assemble_coco(images, annotations)
+    atomic_write_json(Path(path), coco)
+    return coco

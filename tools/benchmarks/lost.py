@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""LOST speed: images/s, ViT forward vs LOST time per image, peak memory (random-init weights).
+
+Example (the README figures): tools/benchmarks/lost.py --arch dino_vits16 --size 480 480 --threads 1
+"""
+import argparse
+import json
+import sys
+
+import torch
+
+from cad.discovery.lost_benchmark import benchmark_lost
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="dino_vits16")
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"))
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-objects", type=int, default=1, help="> 1: the multi-object variant")
+    parser.add_argument("--amp", choices=["fp16", "bf16"], default=None, help="autocast on CUDA")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = benchmark_lost(args.arch, *args.size, args.images, args.warmup, args.device, args.max_objects, args.amp)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(
+        f"LOST {r['arch']} {r['size']} ({r['patches']} patches) on {args.device}, {r['threads']} threads: "
+        f"{r['images_per_s']:.2f} images/s; forward {1000 * r['forward_s']:.1f} ms/image, "
+        f"LOST {1000 * r['lost_s']:.1f} ms/image ({100 * r['lost_s'] / r['forward_s']:.1f}% of the forward); "
+        f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['rss_before_mb']:.0f} MB before building the ViT)" + (f", peak CUDA {r['peak_cuda_mb']:.0f} MB" if "peak_cuda_mb" in r else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
