@@ -10,6 +10,7 @@ def add_cad_config(cfg: CN) -> None:
     """Add all cad keys (in place) to a Detectron2 config."""
     _add_runtime_config(cfg)
     _add_vit_config(cfg)
+    _add_detector_config(cfg)
 
 
 def _add_runtime_config(cfg: CN) -> None:
@@ -50,3 +51,21 @@ def _add_vit_config(cfg: CN) -> None:
     cfg.CAD.VIT.PYRAMID_NORM = "LN"
     # Add one more level (stride x2 of the last) by max-pooling, as FPN's p6 for the RPN.
     cfg.CAD.VIT.PYRAMID_TOP_BLOCK = True
+
+def _add_detector_config(cfg: CN) -> None:
+    """Class-agnostic detectors on pseudo-masks: soft targets, DropLoss, copy-paste."""
+    # CuVLER soft targets: the classification target of a proposal matched to a pseudo-mask of
+    # score s is (s, 1 - s); its box and mask losses are weighted by s (PseudoLabel* heads).
+    cfg.MODEL.ROI_HEADS.SOFT_TARGETS = False
+    # CutLER DropLoss: no classification loss for proposals whose predicted box has IoU <= thresh
+    # with every pseudo-box of the image (PseudoLabel* ROI heads).
+    cfg.MODEL.ROI_HEADS.USE_DROPLOSS = False
+    # DropLoss IoU threshold (CutLER/CuVLER: 0.01).
+    cfg.MODEL.ROI_HEADS.DROPLOSS_IOU_THRESH = 0.01
+    # Copy-paste (CopyPasteTrainer): probability that an image of the batch receives objects.
+    cfg.DATALOADER.COPY_PASTE_RATE = 1.0
+    # Copy-paste: the source image is resized by r ~ U(MIN_RATIO, MAX_RATIO) of the target size.
+    cfg.DATALOADER.COPY_PASTE_MIN_RATIO = 0.3
+    cfg.DATALOADER.COPY_PASTE_MAX_RATIO = 1.0
+    # Copy-paste: paste a uniform random number in [1, n] of the source's n objects (all if False).
+    cfg.DATALOADER.COPY_PASTE_RANDOM_NUM = True

@@ -12,6 +12,8 @@ from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
+from cad.data.self_training import register_self_training_splits
+from cad.data.synthetic_pseudo import register_pseudo_shapes
 from cad.data.voc import register_class_agnostic_voc
 
 # name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
@@ -46,6 +48,8 @@ def register_all(root: Path) -> None:
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
+    register_pseudo_shapes(root)
+    register_self_training_splits(root)
 
 
 register_all(datasets_root())

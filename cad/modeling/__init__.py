@@ -1,2 +1,3 @@
 """Registered model components (meta-architectures, ROI heads, backbones)."""
 from cad.modeling.res5_extra_norm import Res5ROIHeadsExtraNorm  # noqa: F401  (registers the ROI head)
+from cad.modeling import roi_heads  # noqa: F401  (registers PseudoLabel* ROI and mask heads)
