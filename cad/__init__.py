@@ -8,7 +8,7 @@ import warnings
 # Detectron2 0.6 decorates a few helpers with torch.jit.script, which torch 2.x deprecates.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-from cad import backbones, data, engine, evaluation, modeling  # noqa: E402,F401  (registration side effects)
+from cad import backbones, data, distillation, engine, evaluation, modeling  # noqa: E402,F401  (registration side effects)
 from cad.config import add_cad_config  # noqa: E402
 
 __all__ = ["add_cad_config"]

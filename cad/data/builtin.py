@@ -14,6 +14,14 @@ from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_SPLITS, load_shapes
 from cad.data.self_training import register_self_training_splits
 from cad.data.synthetic_pseudo import register_pseudo_shapes
+from cad.data.ssl_splits import register_standard_ssl_splits
+from cad.data.synthetic import (
+    SHAPES_MULTICLASS_METADATA,
+    SHAPES_MULTICLASS_SPLITS,
+    SHAPES_SPLITS,
+    load_shapes,
+    load_shapes_multiclass,
+)
 from cad.data.voc import register_class_agnostic_voc
 
 # name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
@@ -50,6 +58,10 @@ def register_all(root: Path) -> None:
         MetadataCatalog.get(name).set(evaluator_type="class_agnostic", **CLASS_AGNOSTIC_METADATA)
     register_pseudo_shapes(root)
     register_self_training_splits(root)
+    for name, split in SHAPES_MULTICLASS_SPLITS.items():
+        DatasetCatalog.register(name, lambda name=name, split=split: load_shapes_multiclass(name, root, split))
+        MetadataCatalog.get(name).set(evaluator_type="coco", **SHAPES_MULTICLASS_METADATA)
+    register_standard_ssl_splits(root)
 
 
 register_all(datasets_root())

@@ -47,6 +47,15 @@ SHAPES_SPLITS = {
     "synthetic_shapes_tiny_train": ShapesSplit("shapes_tiny_train", num_images=16, seed=20_000, size=128),
     "synthetic_shapes_tiny_val": ShapesSplit("shapes_tiny_val", num_images=8, seed=30_000, size=128),
 }
+# multi-class registrations of the same generated data (Mask2Former / Guided Distillation)
+SHAPES_MULTICLASS_SPLITS = {
+    "synthetic_shapes_multiclass_train": "synthetic_shapes_train",
+    "synthetic_shapes_multiclass_val": "synthetic_shapes_val",
+}
+SHAPES_MULTICLASS_METADATA = {
+    "thing_classes": [c["name"] for c in CATEGORIES],
+    "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CATEGORIES)},
+}
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -156,6 +165,16 @@ def generate_shapes(name: str, root: Path) -> Path:
             annotations += _annotations(masks, image_id, len(annotations) + 1)
         atomic_write_json(json_path, {"images": images, "annotations": annotations, "categories": CATEGORIES})
     return json_path
+
+
+def load_shapes_multiclass(name: str, root: Path, split: str) -> List[Dict]:
+    """Dataset dicts of generated split `split` registered as `name` with its 3 categories
+    (ellipse, polygon, rectangle -> contiguous 0, 1, 2)."""
+    from detectron2.data.datasets import load_coco_json
+
+    json_path = generate_shapes(split, root)
+    image_dir, _ = split_paths(split, root)
+    return load_coco_json(str(json_path), str(image_dir), dataset_name=name)
 
 
 def load_shapes(name: str, root: Path) -> List[Dict]:

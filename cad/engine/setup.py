@@ -8,6 +8,8 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from cad.config import add_cad_config
+from cad.data.paths import datasets_root
+from cad.data.ssl_splits import register_by_name
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
 
 def check_datasets(names) -> None:
     """Raise `ConfigError` naming the closest registered splits when a name is unknown."""
+    for name in names:
+        register_by_name(name, datasets_root())  # SSL splits of any percentage/seed
     registered = DatasetCatalog.list()
     for name in names:
         if name not in registered:

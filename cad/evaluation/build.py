@@ -1,6 +1,6 @@
 """Pick the evaluator of a split from its metadata `evaluator_type`."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
@@ -21,6 +21,12 @@ def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
         max_dets=metadata.get("max_dets", cfg.CAD.EVAL_MAX_DETS),
         tasks=metadata.get("eval_tasks", None),  # e.g. ("bbox",) for box-only ground truth
     )
+
+
+@EVALUATOR_REGISTRY.register()
+def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+    """Multi-class COCO AP (Detectron2's COCOEvaluator; splits with evaluator_type "coco")."""
+    return COCOEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:

@@ -1,0 +1,284 @@
+"""Guided Distillation (Berrada et al., WACV 2024): semi-supervised Mask2Former.
+
+Stage 1 (`SSL.TRAIN_SSL False`): Mask2Former trained on the labeled split only.
+Stage 2 (`SSL.TRAIN_SSL True`): a student (backbone-initialised from MODEL.WEIGHTS) is trained
+on labeled batches plus unlabeled batches pseudo-labelled by a teacher. The teacher is the
+frozen stage-1 model (SSL.TEACHER_CKPT) until SSL.BURNIN_ITER ("guided burn-in"), then a copy
+of the student, then the student's EMA (SSL.EMA_DECAY). The teacher sees the weak view, the
+student the strong (photometric) view; unlabeled losses are weighted by
+SSL.UNLABELED_LOSS_WEIGHT. Checkpoints hold `teacher.*` and `student.*`, so --resume
+restores both, the optimiser, the scheduler and the iteration.
+"""
+import logging
+import time
+import weakref
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList, Instances
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from cad.data.paths import datasets_root
+from cad.data.ssl_splits import register_by_name
+from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
+from cad.distillation.ema import ema_update, teacher_decay, unwrap
+from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, ddp_device_kwargs
+from cad.modeling.mask2former.solver import build_mask2former_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+def filter_pseudo_labels(
+    logits: torch.Tensor, mask_logits: torch.Tensor, class_thresh: float = 0.7, mask_thresh: float = 0.5, min_area: float = 5.0
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels of one image from the teacher's final prediction (reference rules).
+
+    logits (Q, K+1) with no-object last; mask_logits (Q, h, w). A query is kept when its argmax
+    is not no-object, its max softmax probability over the K+1 classes is > class_thresh, and
+    its soft area (sum of mask sigmoids) is > min_area. Returns the kept query indices (T,),
+    labels (T,) = argmax, and mask probabilities (T, h, w); binarise them at mask_thresh.
+    """
+    probs = logits.softmax(-1)
+    scores, labels = probs.max(-1)
+    mask_probs = mask_logits.sigmoid()
+    keep = (labels != logits.shape[-1] - 1) & (scores > class_thresh) & (mask_probs.flatten(1).sum(1) > min_area)
+    idx = keep.nonzero().flatten()
+    return idx, labels[idx], mask_probs[idx]
+
+
+def pseudo_instances(
+    outputs: Dict, images: ImageList, class_thresh: float, mask_thresh: float, min_area: float
+) -> List[Instances]:
+    """Teacher outputs on a padded batch -> per image Instances(gt_classes, gt_masks (T, h, w)
+    bool) at the image's (unpadded) input size: the kept mask probabilities are cropped to the
+    image's part of the 1/4-resolution canvas, resized bilinearly to (h, w), binarised."""
+    h_pad, w_pad = images.tensor.shape[-2:]
+    result = []
+    for logits, masks, (h, w) in zip(outputs["pred_logits"], outputs["pred_masks"], images.image_sizes):
+        _, labels, probs = filter_pseudo_labels(logits.float(), masks.float(), class_thresh, mask_thresh, min_area)
+        mh, mw = probs.shape[-2:]
+        crop = probs[:, : max(1, round(h * mh / h_pad)), : max(1, round(w * mw / w_pad))]
+        if len(crop):
+            crop = F.interpolate(crop[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        inst = Instances((h, w))
+        inst.gt_classes = labels
+        inst.gt_masks = crop.reshape(len(labels), h, w) > mask_thresh
+        result.append(inst)
+    return result
+
+
+class TeacherStudent(nn.Module):
+    """Holds the teacher and the student (checkpoint keys `teacher.*`, `student.*`).
+    In evaluation, forwards to the model named by `eval_who` ("teacher" or "student")."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, eval_who: str = "student"):
+        super().__init__()
+        if eval_who.lower() not in ("teacher", "student"):
+            raise ValueError(f"SSL.EVAL_WHO must be 'teacher' or 'student', got {eval_who!r}")
+        self.teacher, self.student, self.eval_who = teacher, student, eval_who.lower()
+        self.teacher.requires_grad_(False)
+
+    def forward(self, batched_inputs):
+        if self.training:
+            raise RuntimeError("TeacherStudent is trained by GuidedDistillationStep, not called in training mode")
+        return (self.teacher if self.eval_who == "teacher" else self.student)(batched_inputs)
+
+
+class GuidedDistillationStep(SimpleTrainer):
+    """One stage-2 iteration: teacher update, pseudo-labels from the teacher on the weak views,
+    one student forward on labeled + strong unlabeled images, one backward and step."""
+
+    def __init__(self, cfg, student: nn.Module, teacher: nn.Module, labeled_loader, unlabeled_loader, optimizer):
+        super().__init__(student, labeled_loader, optimizer)
+        self.teacher = teacher
+        self.unlabeled_loader = unlabeled_loader
+        self._unlabeled_iter = iter(unlabeled_loader)
+        ssl = cfg.SSL
+        self.burnin_iter, self.ema_decay = ssl.BURNIN_ITER, ssl.EMA_DECAY
+        self.class_thresh, self.mask_thresh, self.min_area = ssl.CLASS_THRESH, ssl.MASK_THRESH, ssl.MIN_MASK_AREA
+        self.unlabeled_weight = ssl.UNLABELED_LOSS_WEIGHT
+        self.amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    def state_dict(self) -> Dict:
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+    def update_teacher(self, iteration: int) -> None:
+        decay = teacher_decay(iteration, self.burnin_iter, self.ema_decay)
+        if decay is not None:
+            ema_update(self.teacher, self.model, decay)
+            if decay == 0.0:
+                logger.info("Iteration %d: teacher <- student (end of guided burn-in); EMA from now on", iteration)
+
+    @torch.no_grad()
+    def pseudo_label(self, unlabeled: List[Dict]) -> List[Instances]:
+        """Teacher (eval mode, fp32) on the weak views -> per-image pseudo-instances."""
+        self.teacher.eval()
+        images = self.teacher.preprocess(unlabeled)
+        outputs = self.teacher.predict(images)
+        return pseudo_instances(outputs, images, self.class_thresh, self.mask_thresh, self.min_area)
+
+    def run_step(self):
+        assert self.model.training, "the student must be in training mode"
+        start = time.perf_counter()
+        labeled = next(self._data_loader_iter)
+        unlabeled = next(self._unlabeled_iter)
+        data_time = time.perf_counter() - start
+        self.update_teacher(self.iter)
+        pseudo = self.pseudo_label(unlabeled)
+        strong = [
+            {"image": u["image_strong"], "instances": p, "height": u["height"], "width": u["width"]}
+            for u, p in zip(unlabeled, pseudo)
+        ]
+        groups = [("", 1.0, len(labeled)), ("_ssl", self.unlabeled_weight, len(strong))]
+        with torch.autocast("cuda", enabled=self.amp):
+            loss_dict = self.model(labeled + strong, loss_groups=groups)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        get_event_storage().put_scalar("ssl/pseudo_per_image", sum(len(p) for p in pseudo) / max(1, len(pseudo)))
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+
+def unlabeled_dataset_names(cfg) -> List[str]:
+    """Unlabeled splits: SSL.DATASETS_UNLABELED, or DATASETS.TRAIN with "_labeled" ->
+    "_unlabeled"; with SSL.UNLABELED_INCLUDES_LABELED (official) the labeled splits too."""
+    names = list(cfg.SSL.DATASETS_UNLABELED)
+    if not names:
+        for name in cfg.DATASETS.TRAIN:
+            if not name.endswith("_labeled"):
+                raise ValueError(f"cannot derive the unlabeled split of '{name}': set SSL.DATASETS_UNLABELED")
+            names.append(name[: -len("_labeled")] + "_unlabeled")
+    for name in names:
+        register_by_name(name, datasets_root())
+    return (list(cfg.DATASETS.TRAIN) + names) if cfg.SSL.UNLABELED_INCLUDES_LABELED else names
+
+
+def build_unlabeled_loader(cfg):
+    """Unlabeled images (annotations ignored, empty images kept), weak + strong views,
+    SSL.IMS_PER_BATCH_UNLABELED images per iteration over all processes."""
+    dicts = get_detection_dataset_dicts(unlabeled_dataset_names(cfg), filter_empty=False)
+    return build_detection_train_loader(
+        dataset=dicts,
+        mapper=WeakStrongMapper(cfg),
+        sampler=TrainingSampler(len(dicts)),
+        total_batch_size=cfg.SSL.IMS_PER_BATCH_UNLABELED,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+
+
+def load_weights(module: nn.Module, path: str, prefix: str = "") -> None:
+    """Load `path` into `module`; from a teacher-student checkpoint, take the `prefix` part."""
+    checkpointer = DetectionCheckpointer(module)
+    if not prefix:
+        checkpointer.load(path, checkpointables=[])
+        return
+    state = checkpointer._load_file(path)
+    model = state["model"]
+    if any(k.startswith(prefix) for k in model):
+        state["model"] = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    checkpointer._load_model(state)
+    logger.info("Loaded %s weights from %s", prefix.rstrip(".") or "model", path)
+
+
+@TRAINER_REGISTRY.register()
+class GuidedDistillationTrainer(CadTrainer):
+    """Trainer of both stages (cfg.CAD.TRAINER "GuidedDistillationTrainer"): stage 1 is plain
+    supervised Mask2Former; stage 2 (SSL.TRAIN_SSL) the teacher-student loop above."""
+
+    def __init__(self, cfg):
+        if not cfg.SSL.TRAIN_SSL:
+            super().__init__(cfg)
+            return
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.ensemble = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, self.ensemble.student)
+        labeled_loader = self.build_train_loader(cfg)
+        unlabeled_loader = build_unlabeled_loader(cfg)
+        student = create_ddp_model(self.ensemble.student, broadcast_buffers=False, **ddp_device_kwargs())
+        self._trainer = GuidedDistillationStep(cfg, student, self.ensemble.teacher, labeled_loader, unlabeled_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(self.ensemble, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def state_dict(self) -> Dict:
+        """Also the optimiser (and AMP scaler) state: Detectron2 0.6's DefaultTrainer omits it."""
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @property
+    def model(self) -> nn.Module:
+        """The model evaluated by the EvalHook: the teacher-student pair in stage 2 (SSL.EVAL_WHO)."""
+        return self.ensemble if hasattr(self, "ensemble") else self._trainer.model
+
+    @classmethod
+    def build_model(cls, cfg) -> nn.Module:
+        """Stage 1: Mask2Former. Stage 2: TeacherStudent of two Mask2Formers from the same config."""
+        if not cfg.SSL.TRAIN_SSL:
+            return build_model(cfg)
+        return TeacherStudent(build_model(cfg), build_model(cfg), cfg.SSL.EVAL_WHO)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_mask2former_optimizer(cfg, unwrap(model))
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=Mask2FormerInstanceMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=Mask2FormerInstanceMapper(cfg, False))
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Stage 2 without a checkpoint to resume: teacher <- SSL.TEACHER_CKPT (stage-1 or
+        teacher-student checkpoint), student <- MODEL.WEIGHTS (backbone initialisation).
+        With --resume and a checkpoint in OUTPUT_DIR: both models, optimiser, scheduler, iteration."""
+        if not self.cfg.SSL.TRAIN_SSL or (resume and self.checkpointer.has_checkpoint()):
+            super().resume_or_load(resume=resume)
+            return
+        if not self.cfg.SSL.TEACHER_CKPT:
+            raise ValueError("SSL.TRAIN_SSL True needs SSL.TEACHER_CKPT (the stage-1 checkpoint)")
+        load_weights(self.ensemble.teacher, self.cfg.SSL.TEACHER_CKPT, prefix="teacher.")
+        if self.cfg.MODEL.WEIGHTS:
+            load_weights(self.ensemble.student, self.cfg.MODEL.WEIGHTS)
+        self.start_iter = 0
+

@@ -1,0 +1,105 @@
+"""Mask2Former model: shapes, instance inference (incl. Q*K < detections), SFP backbone."""
+import torch
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_model
+from torch import nn
+
+from cad.config import add_cad_config
+from cad.modeling.mask2former.meta_arch import instance_inference
+from cad.modeling.mask2former.sfp import SimpleFeaturePyramid
+
+torch.set_num_threads(1)
+
+
+def test_instance_inference_scores_and_small_topk():
+    # 2 queries x 2 classes = 4 candidates < 100 requested detections: no crash, 4 outputs
+    cls = torch.log(torch.tensor([[0.6, 0.2, 0.2], [0.1, 0.8, 0.1]]))
+    masks = torch.full((2, 3, 3), -4.0)
+    masks[0, 0, 0] = 2.0
+    scores, classes, binary = instance_inference(cls, masks, num_classes=2, topk=100)
+    assert len(scores) == 4
+    order = scores.argsort(descending=True)
+    sig = torch.sigmoid(torch.tensor(2.0))
+    # best: query 0 class 0: 0.6 * mean sigmoid inside its 1-pixel mask
+    assert classes[order[0]] == 0 and torch.isclose(scores[order[0]], 0.6 * sig)
+    # query 1 has an empty mask -> score 0 for both its classes
+    assert (scores[binary.flatten(1).sum(1) == 0] == 0).all()
+    assert len(instance_inference(cls, masks, 2, topk=3)[0]) == 3
+
+
+def _tiny_cfg():
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file("configs/GuidedDistillation/mask2former_tiny_synthetic_teacher.yaml")
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 64
+    return cfg
+
+
+def test_tiny_model_forward_train_and_eval():
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    model = build_model(cfg)
+    from detectron2.structures import BitMasks, Instances
+
+    inst = Instances((64, 80))
+    inst.gt_classes = torch.tensor([1])
+    m = torch.zeros(1, 64, 80, dtype=torch.bool)
+    m[0, 10:30, 20:50] = True
+    inst.gt_masks = BitMasks(m)
+    batch = [{"image": torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8), "instances": inst}]
+    losses = model(batch + batch, loss_groups=[("", 1.0, 1), ("_ssl", 2.0, 1)])
+    n_pred = cfg.MODEL.MASK_FORMER.DEC_LAYERS
+    assert len(losses) == 2 * 3 * n_pred and "loss_dice_0_ssl" in losses
+    # identical images and targets: the _ssl group is exactly twice the plain group up to point sampling
+    assert torch.isclose(losses["loss_ce_ssl"], 2 * losses["loss_ce"], rtol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[0]["image"], "height": 32, "width": 40}])[0]["instances"]
+    q, k = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    assert out.image_size == (32, 40) and len(out) == min(q * k, cfg.TEST.DETECTIONS_PER_IMAGE)
+    assert out.pred_masks.shape[1:] == (32, 40)
+
+
+class _FakeViT(Backbone):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 14, stride=14)
+
+    def forward(self, x):
+        assert x.shape[-1] % 14 == 0 and x.shape[-2] % 14 == 0
+        return {"last": self.patch(x)}
+
+    def output_shape(self):
+        return {"last": ShapeSpec(channels=8, stride=14)}
+
+
+def test_simple_feature_pyramid_strides():
+    sfp = SimpleFeaturePyramid(_FakeViT(), (4, 5, 6, 7))
+    out = sfp(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res2": (1, 4, 16, 24), "res3": (1, 5, 8, 12), "res4": (1, 6, 4, 6), "res5": (1, 7, 2, 3)}
+    assert {k: (s.channels, s.stride) for k, s in sfp.output_shape().items()}["res5"] == (7, 32)
+
+
+def test_sfp_registered_with_clear_error():
+    cfg = _tiny_cfg()
+    cfg.MODEL.SFP.VIT_BACKBONE = "no_such_vit"
+    try:
+        BACKBONE_REGISTRY.get("build_vit_sfp_backbone")(cfg, ShapeSpec(channels=3))
+    except KeyError as e:
+        assert "no_such_vit" in str(e)
+    else:
+        raise AssertionError("expected a KeyError")
+
+
+def test_all_guided_distillation_configs_load():
+    import glob
+
+    files = sorted(glob.glob("configs/GuidedDistillation/**/*.yaml", recursive=True))
+    assert len(files) >= 20
+    for f in files:
+        cfg = get_cfg()
+        add_cad_config(cfg)
+        cfg.merge_from_file(f)
+        assert cfg.CAD.TRAINER == "GuidedDistillationTrainer" and cfg.MODEL.META_ARCHITECTURE == "Mask2Former"

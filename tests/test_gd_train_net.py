@@ -1,0 +1,58 @@
+"""Two iterations of each Guided Distillation stage through tools/train_net.py (tiny config),
+resume of stage 2 (teacher + student + iteration), and --eval-only of the EMA teacher."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CFG = REPO / "configs" / "GuidedDistillation"
+TINY = [
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "SOLVER.IMS_PER_BATCH", "2", "SSL.IMS_PER_BATCH_UNLABELED", "2",
+    "DATALOADER.NUM_WORKERS", "0", "CAD.NUM_THREADS", "1", "TEST.EVAL_PERIOD", "0",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+]
+
+
+def _train_net(args, data_root: Path) -> None:
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_stages_resume_and_eval(tmp_path):
+    data = tmp_path / "data"
+    t_out, s_out = tmp_path / "teacher", tmp_path / "student"
+    _train_net(["--config-file", str(CFG / "mask2former_tiny_synthetic_teacher.yaml"), *TINY,
+                "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(t_out)], data)
+    stage1 = torch.load(t_out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    assert any(k.startswith("predictor.") for k in stage1)
+
+    student_cfg = ["--config-file", str(CFG / "mask2former_tiny_synthetic_student.yaml")]
+    student_opts = [*TINY,
+                    "SSL.TEACHER_CKPT", str(t_out / "model_final.pth"), "SSL.BURNIN_ITER", "1",
+                    "DATASETS.TEST", "()", "OUTPUT_DIR", str(s_out)]
+    _train_net([*student_cfg, *student_opts, "SOLVER.MAX_ITER", "2"], data)
+    ckpt = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
+    keys = ckpt["model"].keys()
+    assert any(k.startswith("teacher.") for k in keys) and any(k.startswith("student.") for k in keys)
+    assert ckpt["iteration"] == 1 and "optimizer" in ckpt["trainer"]["_trainer"]
+    assert "LRScheduler" in ckpt["trainer"]["hooks"]
+    # iteration 1 == BURNIN_ITER copied the student into the teacher, so the teacher is no
+    # longer the stage-1 model
+    w = "predictor.class_embed.weight"
+    assert not torch.equal(ckpt["model"]["teacher." + w], stage1[w])
+
+    _train_net([*student_cfg, "--resume", *student_opts, "SOLVER.MAX_ITER", "3"], data)
+    resumed = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["iteration"] == 2  # continued from the checkpoint, not from 0
+
+    _train_net([*student_cfg, "--eval-only", *TINY,
+                "MODEL.WEIGHTS", str(s_out / "model_final.pth"), "SSL.EVAL_WHO", "teacher",
+                "OUTPUT_DIR", str(tmp_path / "eval")], data)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "AP" in metrics["segm"]
