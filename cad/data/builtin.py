@@ -7,6 +7,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from cad.data.motion import register_motion_datasets
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
 from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
@@ -62,6 +63,7 @@ def register_all(root: Path) -> None:
         DatasetCatalog.register(name, lambda name=name, split=split: load_shapes_multiclass(name, root, split))
         MetadataCatalog.get(name).set(evaluator_type="coco", **SHAPES_MULTICLASS_METADATA)
     register_standard_ssl_splits(root)
+    register_motion_datasets(root)
 
 
 register_all(datasets_root())

@@ -1,4 +1,5 @@
-"""Teacher-student training: EMA updates and Guided Distillation (registers its trainer)."""
+"""Teacher-student training: EMA updates, Guided Distillation and DIOD/xMOD (register their trainers)."""
+from cad.distillation import motion  # noqa: F401  (registers MotionTrainer)
 from cad.distillation.ema import ema_update, teacher_decay
 from cad.distillation.guided import GuidedDistillationTrainer, filter_pseudo_labels
 

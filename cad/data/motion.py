@@ -1,0 +1,331 @@
+"""Video-clip datasets for DIOD / xMOD: TRI-PD, KITTI and the generated synthetic_motion.
+
+A dataset dict describes one video (training: the mapper draws a random clip) or one fixed
+clip (evaluation, `clip_start` >= 0):
+
+    video: str, frames: [path], motion_masks: [path] | None, gt_masks: [path] | None,
+    depth: [path] | None (TRI-PD-style dense depth .npz['data']), velodyne: [path] | None (KITTI .bin),
+    calib: dict (K 3x3 for depth; velo_to_cam 3x4, R_rect 3x3, P_rect 3x4 for velodyne),
+    moving_ids: [int] (synthetic only), clip_start: int (-1 = random), clip_length: int,
+    crop_top: float (fraction of rows removed at the top before resizing; TRI-PD 256/1216),
+    height, width: model input size (filled by the mapper).
+See datasets/README.md, sections "TRI-PD", "KITTI" and "Synthetic data".
+"""
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from cad.data.paths import require
+from cad.data.synthetic_motion import MOTION_SPLITS, generate_motion, motion_split_dir
+
+logger = logging.getLogger(__name__)
+
+# xMOD range-image normalisation of (x, y, z, range) in camera coordinates (metres).
+RANGE_MIN = np.array([-52.0, -4.0, 1.0, 2.0], np.float32)
+RANGE_MAX = np.array([53.0, 15.0, 70.0, 80.0], np.float32)
+MAX_DEPTH = 70.0
+TRI_PD_CROP_TOP = 256 / 1216  # x0.5 resize then 128 rows cropped (DIOD datasetPD)
+KITTI_MAX_DRIVES, KITTI_EVAL_DRIVES = 151, 5
+
+
+def normalise_points(xyz: np.ndarray) -> np.ndarray:
+    """Camera-frame points float [..., 3] -> xMOD channels (x, y, z, range) in [1e-3, 1-1e-3]."""
+    rng = np.linalg.norm(xyz, axis=-1, keepdims=True)
+    v = (np.concatenate([xyz, rng], -1) - RANGE_MIN) / (RANGE_MAX - RANGE_MIN)
+    return np.clip(v, 1e-3, 1 - 1e-3).astype(np.float32)
+
+
+def range_image_from_depth(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Back-project a depth map float [H, W] (0 = invalid) with intrinsics K [3, 3] into the
+    4-channel front-view image float [4, H, W]; invalid pixels (depth <= 0 or > 70 m) are 0."""
+    h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    z = depth.astype(np.float32)
+    xyz = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
+    out = normalise_points(xyz)
+    valid = (z > 0) & (z <= MAX_DEPTH)
+    return (out * valid[..., None]).transpose(2, 0, 1)
+
+
+def range_image_from_points(points_cam: np.ndarray, P: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Splat rectified camera-frame points float [N, 3] into a [4, H, W] image with projection P
+    [3, 4]; the nearest point wins a pixel (z-buffer); empty pixels are 0."""
+    uvw = np.c_[points_cam, np.ones(len(points_cam), np.float32)] @ P.T
+    z = uvw[:, 2]
+    keep = z > 1e-3
+    uv = np.floor(uvw[keep, :2] / z[keep, None]).astype(np.int64)
+    pts = np.minimum(points_cam[keep], [np.inf, np.inf, MAX_DEPTH])
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    uv, pts = uv[inside], pts[inside]
+    order = np.argsort(-pts[:, 2])  # far to near: the last (nearest) write wins
+    img = np.zeros((height, width, 4), np.float32)
+    img[uv[order, 1], uv[order, 0]] = normalise_points(pts[order])
+    return img.transpose(2, 0, 1)
+
+
+def read_kitti_calib(path: Path) -> Dict[str, np.ndarray]:
+    """`key: v v v ...` lines of a KITTI calibration file as float arrays."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        key, _, values = line.partition(":")
+        try:
+            out[key.strip()] = np.array([float(x) for x in values.split()], np.float32)
+        except ValueError:
+            continue
+    return out
+
+
+def velodyne_to_rect(points: np.ndarray, calib: Dict) -> np.ndarray:
+    """KITTI velodyne points float [N, >=3] -> rectified camera-0 coordinates [N, 3]; keeps
+    points more than 2 m in front of the sensor (xMOD: velo x > 2)."""
+    pts = points[points[:, 0] > 2, :3]
+    cam = pts @ np.asarray(calib["velo_to_cam"])[:, :3].T + np.asarray(calib["velo_to_cam"])[:, 3]
+    return (cam @ np.asarray(calib["R_rect"]).T).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset dicts
+
+
+def _video_dict(video: str, frames: List[Path], motion: Optional[List[Path]], gt: Optional[List[Path]], **extra) -> Dict:
+    return {
+        "video": video,
+        "frames": [str(p) for p in frames],
+        "motion_masks": [str(p) for p in motion] if motion else None,
+        "gt_masks": [str(p) for p in gt] if gt else None,
+        "depth": None, "velodyne": None, "calib": None, "moving_ids": [],
+        "clip_start": -1, "crop_top": 0.0, **extra,
+    }
+
+
+def split_into_clips(videos: List[Dict], clip_length: int) -> List[Dict]:
+    """Evaluation: every video cut into consecutive non-overlapping clips (DIOD evalPD_ARI)."""
+    clips = []
+    for v in videos:
+        for start in range(0, len(v["frames"]) - clip_length + 1, clip_length):
+            clips.append({**v, "clip_start": start, "clip_length": clip_length})
+    return clips
+
+
+def load_synthetic_motion(name: str, root: Path, clip_length: int = 5) -> List[Dict]:
+    """Dataset dicts of a generated split (generated on first use); val splits are cut into clips."""
+    index = json.loads(generate_motion(name, root).read_text())
+    folder, _ = motion_split_dir(name, root)
+    cam = index["camera"]
+    videos = []
+    for s in index["scenes"]:
+        stems = [f"{t:06d}" for t in range(s["num_frames"])]
+        d = folder / s["scene"]
+        videos.append(_video_dict(
+            f"{MOTION_SPLITS[name].name}/{s['scene']}",
+            [d / "rgb" / cam / f"{t}.png" for t in stems],
+            [d / "est_masks" / cam / f"{t}.png" for t in stems],
+            [d / "ari_masks" / cam / f"{t}.png" for t in stems],
+            depth=[str(d / "depth" / cam / f"{t}.npz") for t in stems],
+            calib={"K": index["intrinsics"]}, moving_ids=s["moving_ids"], clip_length=clip_length,
+        ))
+    return videos if name.endswith("_train") else split_into_clips(videos, clip_length)
+
+
+def load_tri_pd(root: Path, split: str, clip_length: int = 5) -> List[Dict]:
+    """TRI-PD: `tri_pd/{train,test}/scene_*/rgb/camera_0X/*.png` with `est_masks` (train, motion
+    masks) or `ari_masks` (test, all objects) next to `rgb`, `depth/camera_0X/*.npz` and
+    `scene_*/calibration.json` ({"camera_0X": {"K": 3x3}}) for xMOD."""
+    name = f"tri_pd_{split}"
+    base = require(root / "tri_pd" / ("train" if split == "train" else "test"), name, "TRI-PD")
+    videos = []
+    for scene in sorted(base.glob("scene_*")):
+        calib_path = scene / "calibration.json"
+        calib = json.loads(calib_path.read_text()) if calib_path.exists() else {}
+        for cam_dir in sorted((scene / "rgb").glob("camera_*")):
+            frames = sorted(cam_dir.glob("*.png"))
+            if len(frames) < clip_length:
+                continue
+            sub = "est_masks" if split == "train" else "ari_masks"
+            masks = [scene / sub / cam_dir.name / f.name for f in frames]
+            depth = [scene / "depth" / cam_dir.name / f"{f.stem}.npz" for f in frames]
+            videos.append(_video_dict(
+                f"{scene.name}/{cam_dir.name}", frames,
+                masks if split == "train" else None, masks if split != "train" else None,
+                depth=[str(p) for p in depth] if depth[0].exists() else None,
+                calib=calib.get(cam_dir.name), crop_top=TRI_PD_CROP_TOP, clip_length=clip_length,
+            ))
+    if not videos:
+        require(base / "scene_*" / "rgb" / "camera_01", name, "TRI-PD")
+    return videos if split == "train" else split_into_clips(videos, clip_length)
+
+
+def load_kitti(root: Path, split: str, clip_length: int = 5) -> List[Dict]:
+    """KITTI. train: raw drives `kitti/raw/<date>/<drive>_sync/image_0{2,3}/data/*.png` with the
+    RAFT motion masks in `image_0X/raft_seg/`, velodyne in `velodyne_points/data/*.bin` and the
+    calibration files in `<date>/`; drives sorted, the first 151 kept, the first 5 of them held out
+    (DIOD). val: KITTI 2015 instance set `kitti/instance_2015/{rgb,instance}/*.png` (single frames,
+    clip length 1) with `pc/*.bin` and `calib/<id>.txt` for xMOD."""
+    if split == "train":
+        base = require(root / "kitti" / "raw", "kitti_train", "KITTI")
+        drives = sorted(base.glob("*/*_sync"))[:KITTI_MAX_DRIVES][KITTI_EVAL_DRIVES:]
+        videos = []
+        for drive in drives:
+            calib = _kitti_raw_calib(drive.parent)
+            velo = sorted((drive / "velodyne_points" / "data").glob("*.bin"))
+            for cam in ("image_02", "image_03"):
+                frames = sorted((drive / cam / "data").glob("*.png"))
+                if len(frames) < clip_length:
+                    continue
+                motion = [drive / cam / "raft_seg" / f.name for f in frames]
+                cam_calib = dict(calib, P_rect=calib[f"P_rect_{cam[-2:]}"]) if calib else None
+                videos.append(_video_dict(
+                    f"{drive.name}/{cam}", frames, motion, None, clip_length=clip_length, calib=cam_calib,
+                    velodyne=[str(p) for p in velo] if len(velo) == len(frames) else None,
+                ))
+        if not videos:
+            require(base / "<date>" / "<drive>_sync" / "image_02" / "data", "kitti_train", "KITTI")
+        return videos
+    base = require(root / "kitti" / "instance_2015", "kitti_val", "KITTI")
+    frames = sorted(require(base / "rgb", "kitti_val", "KITTI").glob("*.png"))
+    out = []
+    for f in frames:
+        pc, calib_file = base / "pc" / f"{f.stem}.bin", base / "calib" / f"{f.stem}.txt"
+        calib = None
+        if calib_file.exists():
+            c = read_kitti_calib(calib_file)
+            calib = {"velo_to_cam": c["Tr_velo_to_cam"].reshape(3, 4), "R_rect": c["R0_rect"].reshape(3, 3),
+                     "P_rect": c["P2"].reshape(3, 4)}
+        out.append(_video_dict(f.stem, [f], None, [base / "instance" / f.name], clip_start=0, clip_length=1,
+                               velodyne=[str(pc)] if pc.exists() else None, calib=calib))
+    return out
+
+
+def _kitti_raw_calib(date_dir: Path) -> Optional[Dict]:
+    v2c, c2c = date_dir / "calib_velo_to_cam.txt", date_dir / "calib_cam_to_cam.txt"
+    if not (v2c.exists() and c2c.exists()):
+        return None
+    v, c = read_kitti_calib(v2c), read_kitti_calib(c2c)
+    return {"velo_to_cam": np.c_[v["R"].reshape(3, 3), v["T"]], "R_rect": c["R_rect_00"].reshape(3, 3),
+            "P_rect_02": c["P_rect_02"].reshape(3, 4), "P_rect_03": c["P_rect_03"].reshape(3, 4)}
+
+
+MOTION_DATASETS = {
+    **{name: ("Synthetic data", lambda root, name=name: load_synthetic_motion(name, root)) for name in MOTION_SPLITS},
+    "tri_pd_train": ("TRI-PD", lambda root: load_tri_pd(root, "train")),
+    "tri_pd_val": ("TRI-PD", lambda root: load_tri_pd(root, "val")),
+    "kitti_train": ("KITTI", lambda root: load_kitti(root, "train")),
+    "kitti_val": ("KITTI", lambda root: load_kitti(root, "val")),
+}
+
+
+def register_motion_datasets(root: Path) -> None:
+    """Register the motion splits (lazy: nothing is read until a split is loaded)."""
+    for name, (section, loader) in MOTION_DATASETS.items():
+        DatasetCatalog.register(name, lambda root=root, loader=loader: loader(root))
+        MetadataCatalog.get(name).set(evaluator_type="motion", readme_section=section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapper
+
+
+def _read_image(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image '{path}'")
+    return img[:, :, ::-1]
+
+
+def _read_mask(path: str) -> np.ndarray:
+    m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise OSError(f"cannot read mask '{path}'")
+    return m if m.ndim == 2 else m[:, :, 0]
+
+
+def drop_small_ids(ids: np.ndarray, min_area: int) -> np.ndarray:
+    """Ids with fewer than `min_area` pixels in a frame -> 0; ids int [H, W]."""
+    counts = np.bincount(ids.reshape(-1))
+    small = counts < min_area
+    small[0] = True
+    return np.where(small[ids], 0, ids)
+
+
+class MotionClipMapper:
+    """Reads a clip of `CAD.MOTION.CLIP_LENGTH` frames and returns tensors at `INPUT_SIZE`:
+
+    image uint8 [T, 3, H, W] (RGB), motion_masks int64 [T, H, W] (train), gt_masks int64
+    [T, H, W] (when available), range float [T, 4, H, W] (xMOD, `with_range`), moving_ids.
+    Training: random clip start, random resized crop (fixed aspect ratio) and horizontal flip shared
+    by every frame, mask and range image (DIOD transforms.get_crop_transform). Colour and point
+    augmentations are applied to the student's copy in the model, so the teachers see clean inputs.
+    """
+
+    def __init__(self, cfg, is_train: bool = True, with_range: bool = False):
+        m = cfg.CAD.MOTION
+        self.is_train = is_train
+        self.with_range = with_range
+        self.clip_length = m.CLIP_LENGTH
+        self.size = tuple(m.INPUT_SIZE)
+        self.crop_prob, self.crop_scale, self.flip_prob = m.CROP_PROB, tuple(m.CROP_SCALE), m.FLIP_PROB
+        self.min_mask_area = m.MIN_MASK_AREA
+
+    def _geometry(self, img: np.ndarray, crop_top: float, box, flip: bool, nearest: bool) -> np.ndarray:
+        h = img.shape[0]
+        img = img[int(round(crop_top * h)):]
+        if box is not None:
+            y0, x0, y1, x1 = box
+            hh, ww = img.shape[:2]
+            img = img[int(y0 * hh): int(np.ceil(y1 * hh)), int(x0 * ww): int(np.ceil(x1 * ww))]
+        interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+        out = cv2.resize(np.ascontiguousarray(img), self.size[::-1], interpolation=interp)
+        return out[:, ::-1] if flip else out
+
+    def _random_box(self) -> Optional[Tuple[float, float, float, float]]:
+        """Relative crop box (y0, x0, y1, x1) keeping the frame's aspect ratio, or None."""
+        if random.random() >= self.crop_prob:
+            return None
+        side = np.sqrt(random.uniform(*self.crop_scale))
+        y0, x0 = random.uniform(0, 1 - side), random.uniform(0, 1 - side)
+        return (y0, x0, y0 + side, x0 + side)
+
+    def _range(self, d: Dict, t: int, raw_hw: Tuple[int, int]) -> np.ndarray:
+        if d.get("depth"):
+            depth = np.load(d["depth"][t])["data"].astype(np.float32)
+            return range_image_from_depth(depth, np.asarray(d["calib"]["K"], np.float32))
+        if d.get("velodyne"):
+            pts = np.fromfile(d["velodyne"][t], np.float32).reshape(-1, 4)
+            return range_image_from_points(velodyne_to_rect(pts, d["calib"]), np.asarray(d["calib"]["P_rect"]), *raw_hw)
+        raise ValueError(f"video '{d['video']}' has no depth or velodyne data for the 3D branch")
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        d = dataset_dict
+        n, T = len(d["frames"]), d.get("clip_length", self.clip_length)
+        start = d["clip_start"] if d["clip_start"] >= 0 else random.randint(0, n - T)
+        idx = range(start, start + T)
+        box = self._random_box() if self.is_train else None
+        flip = self.is_train and random.random() < self.flip_prob
+        ct = d.get("crop_top", 0.0)
+        raw = [_read_image(d["frames"][t]) for t in idx]
+        out = {
+            "video": d["video"], "clip_start": start, "height": self.size[0], "width": self.size[1],
+            "moving_ids": list(d.get("moving_ids", [])),
+            "image": torch.from_numpy(np.stack([self._geometry(f, ct, box, flip, False) for f in raw])).permute(0, 3, 1, 2).contiguous(),
+        }
+        for key in ("motion_masks", "gt_masks"):
+            if d.get(key):
+                masks = np.stack([self._geometry(_read_mask(d[key][t]), ct, box, flip, True) for t in idx]).astype(np.int64)
+                if key == "motion_masks":
+                    masks = np.stack([drop_small_ids(m, self.min_mask_area) for m in masks])
+                out[key] = torch.from_numpy(masks)
+        if self.with_range:
+            rngs = [self._range(d, t, raw[0].shape[:2]) for t in idx]
+            rng_img = np.stack([self._geometry(r.transpose(1, 2, 0), ct, box, flip, True).transpose(2, 0, 1) for r in rngs])
+            if flip:  # x channel mirrors with the image (xMOD flipped y by mistake)
+                rng_img[:, 0] = np.where(rng_img[:, 0] > 0, 1 - rng_img[:, 0], 0)
+            out["range"] = torch.from_numpy(np.ascontiguousarray(rng_img, dtype=np.float32))
+        return out
+

@@ -1,0 +1,154 @@
+"""DIOD / xMOD self-distillation: the EMA teacher update and the registered `MotionTrainer`.
+
+Stages (DIOD): burn-in on motion masks until CAD.MOTION.TEACHER_START_ITER, then the teachers are
+copied from the students and follow them by EMA (keep rate 0.996, every optimiser step, whole
+state_dict: BN statistics and the slot buffer included). The model's checkpoint holds students,
+teachers and the stage flag, so `--resume` restores all of them. Adam (lr 5e-4), gradient-norm
+clip (SOLVER.CLIP_GRADIENTS), lr = base * min(1, it/warmup) * 0.5^(it/half-life) (DIOD).
+"""
+import logging
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import SimpleTrainer
+from detectron2.solver import LRMultiplier
+from detectron2.solver.build import maybe_add_gradient_clipping
+from fvcore.common.param_scheduler import ParamScheduler
+from torch import nn
+
+from cad.data.motion import MotionClipMapper
+from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, keep_rate: float) -> None:
+    """teacher <- keep_rate * teacher + (1 - keep_rate) * student over the whole state_dict
+    (floating tensors; integer buffers such as BN's num_batches_tracked are copied)."""
+    s = student.state_dict()
+    for name, t in teacher.state_dict().items():
+        if t.dtype.is_floating_point:
+            t.mul_(keep_rate).add_(s[name].detach(), alpha=1 - keep_rate)
+        else:
+            t.copy_(s[name])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def lr_factor(it: int, warmup: int, half_life: float) -> float:
+    """DIOD's schedule factor: min(1, it/warmup) * 0.5^(it/half_life) (decay also during warmup)."""
+    return min(1.0, (it + 1) / max(1, warmup)) * 0.5 ** (it / half_life)
+
+
+class DIODLRSchedule(ParamScheduler):
+    """`lr_factor` as an fvcore ParamScheduler (called with the training progress in [0, 1))."""
+
+    def __init__(self, max_iter: int, warmup: int, half_life: float):
+        self.max_iter, self.warmup, self.half_life = max_iter, warmup, half_life
+
+    def __call__(self, where: float) -> float:
+        return lr_factor(int(round(where * self.max_iter)), self.warmup, self.half_life)
+
+
+class MotionStepTrainer(SimpleTrainer):
+    """One iteration: start distillation at `start_iter` (teacher <- student), the usual
+    forward/backward/step, then the EMA teacher update once distillation runs."""
+
+    def __init__(self, model, data_loader, optimizer, start_iter: int, keep_rate: float):
+        super().__init__(model, data_loader, optimizer)
+        self.teacher_start_iter, self.keep_rate = start_iter, keep_rate
+
+    def run_step(self) -> None:
+        model = _unwrap(self.model)
+        if 0 <= self.teacher_start_iter <= self.iter and not bool(model.distilling):
+            logger.info("Iteration %d: burn-in done, self-distillation starts (teacher <- student)", self.iter)
+            model.start_distillation()
+        super().run_step()
+        if bool(model.distilling):
+            ema_update(model.teachers, model.students, self.keep_rate)
+
+
+@TRAINER_REGISTRY.register()
+class MotionTrainer(CadTrainer):
+    """CadTrainer for the `DIOD` / `XMOD` meta-architectures (clip loaders, Adam, DIOD lr, EMA)."""
+
+    @staticmethod
+    def _with_range(cfg) -> bool:
+        return cfg.MODEL.META_ARCHITECTURE == "XMOD"
+
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        m = cfg.CAD.MOTION
+        return MotionStepTrainer(model, data_loader, optimizer, m.TEACHER_START_ITER, m.EMA_KEEP_RATE)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return maybe_add_gradient_clipping(cfg, torch.optim.Adam)(params, lr=cfg.SOLVER.BASE_LR)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # Detectron2's LRMultiplier: its state is checkpointed, so --resume continues the schedule.
+        sched = DIODLRSchedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.CAD.MOTION.LR_HALF_LIFE)
+        return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=MotionClipMapper(cfg, False, cls._with_range(cfg)))
+
+
+def random_clips(cfg, batch: int, generator: torch.Generator) -> list:
+    """`batch` random mapped clips at CAD.MOTION.INPUT_SIZE (frames, two moving boxes, range image)."""
+    m = cfg.CAD.MOTION
+    t, (h, w) = m.CLIP_LENGTH, m.INPUT_SIZE
+    clips = []
+    for _ in range(batch):
+        motion = torch.zeros(t, h, w, dtype=torch.long)
+        for obj in (1, 2):
+            y, x = int(torch.randint(0, h // 2, (), generator=generator)), int(torch.randint(0, w // 2, (), generator=generator))
+            for i in range(t):
+                motion[i, y: y + h // 4, x + 2 * i: x + 2 * i + w // 6] = obj
+        clips.append({"image": torch.randint(0, 256, (t, 3, h, w), dtype=torch.uint8, generator=generator),
+                      "motion_masks": motion, "range": torch.rand(t, 4, h, w, generator=generator)})
+    return clips
+
+
+def benchmark_motion_step(cfg, batch: int, iters: int, warmup: int, threads: int = 0) -> dict:
+    """Time `iters` self-distillation training steps (after `warmup`) on random clips."""
+    import time
+
+    from detectron2.modeling import build_model
+
+    from cad.engine.benchmark import peak_memory_mb
+
+    if threads or cfg.CAD.NUM_THREADS:
+        torch.set_num_threads(threads or cfg.CAD.NUM_THREADS)
+    g = torch.Generator().manual_seed(0)
+    model = build_model(cfg)
+    model.start_distillation()
+    model.train()
+    opt = MotionTrainer.build_optimizer(cfg, model)
+    clips = random_clips(cfg, batch, g)
+    cuda = torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda")
+    for i in range(warmup + iters):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        loss = sum(model(clips).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema_update(model.teachers, model.students, cfg.CAD.MOTION.EMA_KEEP_RATE)
+    if cuda:
+        torch.cuda.synchronize()
+    return {"arch": cfg.MODEL.META_ARCHITECTURE, "input": list(cfg.CAD.MOTION.INPUT_SIZE), "frames": cfg.CAD.MOTION.CLIP_LENGTH,
+            "batch": batch, "threads": torch.get_num_threads(), "device": cfg.MODEL.DEVICE,
+            "s_per_iter": (time.perf_counter() - start) / iters, **peak_memory_mb()}
