@@ -86,7 +86,7 @@ def test_sfp_registered_with_clear_error():
     cfg = _tiny_cfg()
     cfg.MODEL.SFP.VIT_BACKBONE = "no_such_vit"
     try:
-        BACKBONE_REGISTRY.get("build_vit_sfp_backbone")(cfg, ShapeSpec(channels=3))
+        BACKBONE_REGISTRY.get("build_m2f_vit_sfp_backbone")(cfg, ShapeSpec(channels=3))
     except KeyError as e:
         assert "no_such_vit" in str(e)
     else:

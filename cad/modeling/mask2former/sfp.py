@@ -53,7 +53,7 @@ class SimpleFeaturePyramid(Backbone):
 
 
 @BACKBONE_REGISTRY.register()
-def build_vit_sfp_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+def build_m2f_vit_sfp_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """SimpleFeaturePyramid around BACKBONE_REGISTRY[MODEL.SFP.VIT_BACKBONE](cfg, input_shape)."""
     name = cfg.MODEL.SFP.VIT_BACKBONE
     if name not in BACKBONE_REGISTRY:
