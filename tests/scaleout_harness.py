@@ -5,6 +5,7 @@
 of `cfg.CAD.TRAINER` exactly as `cad.engine.train.main` does, then records per rank:
 - `losses`: the rank's own loss dict of every iteration (before Detectron2 averages ranks),
 - `ids`: per iteration, the ids of the images/clips the rank drew (labeled and unlabeled),
+- `grads`: the gradients of the first iteration (after DDP's all-reduce, before clipping),
 - `init` / `final`: the trained model's state (rank 0: init; every rank: final),
 - `teacher_init` / `teacher`: a separate teacher's state (GD; DIOD/xMOD keep theirs in the
   model under `teachers.*`),
@@ -59,6 +60,19 @@ def _state(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _record_first_gradients(step, grads: Dict[str, torch.Tensor]) -> None:
+    """At the first optimizer step, copy the (DDP-averaged, not yet clipped) gradients into `grads`."""
+    optimizer_step = step.optimizer.step
+
+    def record_and_step(*args, **kwargs):
+        if not grads:
+            model = step.model.module if hasattr(step.model, "module") else step.model
+            grads.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+        return optimizer_step(*args, **kwargs)
+
+    step.optimizer.step = record_and_step
+
+
 class _Timer(HookBase):
     def __init__(self):
         self.times: List[float] = []
@@ -102,6 +116,8 @@ def _run_one(args, record_dir: Path) -> Dict:
         if hasattr(step, "_unlabeled_iter"):
             ids["unlabeled"] = []
             step._unlabeled_iter = _recording(step._unlabeled_iter, ids["unlabeled"])
+        grads: Dict[str, torch.Tensor] = {}
+        _record_first_gradients(step, grads)
         timer = _Timer()
         trainer.register_hooks([timer])
         teacher = getattr(step, "teacher", None)
@@ -113,7 +129,7 @@ def _run_one(args, record_dir: Path) -> Dict:
     finally:
         SimpleTrainer._write_metrics = original
         torch.rand = original_rand
-    record.update(losses=losses, ids=ids, final=_state(step.model), s_per_iter=sum(timer.times[1:]) / max(1, len(timer.times) - 1))
+    record.update(losses=losses, ids=ids, grads=grads, final=_state(step.model), s_per_iter=sum(timer.times[1:]) / max(1, len(timer.times) - 1))
     if teacher is not None:
         record["teacher"] = _state(teacher)
     return record
@@ -138,6 +154,13 @@ def load_records(record_dir: Path, world_size: int) -> List[Dict]:
     for r in records:
         assert "error" not in r, f"rank {r['rank']} failed:\n{r['error']}"
     return records
+
+
+def relative_error(a: Dict, b: Dict) -> float:
+    """||b − a|| / ||a|| over the tensors of two dicts with the same keys (e.g. gradients)."""
+    assert a.keys() == b.keys()
+    diff = torch.cat([(b[k] - a[k]).flatten().double() for k in a]).norm()
+    return float(diff / torch.cat([a[k].flatten().double() for k in a]).norm())
 
 
 def relative_update_error(init: Dict, final_a: Dict, final_b: Dict, prefix: str = "") -> float:
