@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
 from cad.data.mapper import CadDatasetMapper
+from cad.engine.preemption import PreemptionHook
 from cad.evaluation.build import build_evaluator
 from cad.utils.io import atomic_write_json
 
@@ -60,6 +61,10 @@ class CadTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List:
+        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)."""
+        return super().build_hooks() + [PreemptionHook()]
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
