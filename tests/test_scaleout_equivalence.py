@@ -92,16 +92,17 @@ SLOW = ["plain", "gd_stage1", "xmod"]
 # largest in the encoder and slot attention): the cause is not found yet, so for them only the
 # data, the losses and the identity of model and EMA teacher across ranks are tested.
 TOL = {
-    # measured: loss_box_reg 4e-4, loss_mask 4e-5, grad -, update 1.2e-2
+    # measured: loss_box_reg 3.9e-4, loss_mask 3.8e-5, grad 4.1e-3, update 1.2e-2
     "plain": {"exact": ("loss_rpn",), "loss": 0.002, "grad": 0.05, "update": 0.05},
     # measured: loss_mask 6.1e-3, loss_box_reg_stage1 8.7e-4, grad 3.2e-3, update 2.9e-3
     "cascade": {"exact": ("loss_rpn",), "loss": 0.02, "grad": 0.01, "update": 0.01},
-    # measured: loss_ce (no-object-weighted mean per process, as official) 2.9e-2
-    "gd_stage1": {"exact": ("loss_mask", "loss_dice"), "loss": 0.1, "grad": 0.15},
+    # measured: loss_ce (no-object-weighted mean per process, as official) 2.9e-2, grad 1.0e-1
+    "gd_stage1": {"exact": ("loss_mask", "loss_dice"), "loss": 0.1, "grad": 0.3},
     # measured: loss_ce_2 6.2e-3, grad 3.5e-2, EMA teacher update 1.7e-3
     "gd_stage2": {"exact": ("loss_mask", "loss_dice"), "loss": 0.02, "grad": 0.1, "teacher": 0.005},
+    # measured: loss_nll 1.9e-2 (xMOD: loss_nll_2d 1.9e-2, loss_reg_3d 4.5e-3)
     "diod": {"exact": ("loss_recon",), "loss": 0.06},
-    "xmod": {"exact": ("loss_recon",), "loss": 0.06},
+    "xmod": {"exact": ("loss_recon_2d",), "loss": 0.06},  # loss_recon_3d: mean over the process's valid points
 }
 
 
