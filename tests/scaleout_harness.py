@@ -14,11 +14,13 @@ of `cfg.CAD.TRAINER` exactly as `cad.engine.train.main` does, then records per r
 With `args.same_random_points`, `torch.rand` without a generator returns the same row for every
 leading index (seeded, see `_row_constant_rand`): Mask2Former's matcher and point-sampled losses
 then draw the same points for an image whatever else is in the process's batch.
+With `args.frozen_bn`, BatchNorm layers stay in eval mode (running statistics, not the batch's).
 Each job's record is written to `record_dir/rank<R>.pt`. An exception is recorded (as text) instead of raised so
 the other jobs of a shared launch still run.
 """
 import time
 import traceback
+import types
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -26,6 +28,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
+from torch import nn
 
 
 def _row_constant_rand(original):
@@ -41,6 +44,14 @@ def _row_constant_rand(original):
         return row.to(kwargs.get("device") or "cpu").expand(size).contiguous()
 
     return rand
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    """Keep every BatchNorm of `model` in eval mode, even when `model.train()` is called."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.Module.train(m, False)
+            m.train = types.MethodType(lambda self, mode=True: self, m)
 
 
 def _item_id(d: Dict) -> str:
@@ -111,6 +122,8 @@ def _run_one(args, record_dir: Path) -> Dict:
         trainer = trainer_cls(cfg)
         trainer.resume_or_load(resume=args.resume)
         step = trainer._trainer
+        if getattr(args, "frozen_bn", False):
+            _freeze_batchnorm(step.model)
         ids: Dict[str, List[List[str]]] = {"labeled": []}
         step._data_loader_iter = _recording(step._data_loader_iter, ids["labeled"])
         if hasattr(step, "_unlabeled_iter"):

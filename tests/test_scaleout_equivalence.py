@@ -71,6 +71,7 @@ JOBS = {
     "gd_stage1": (GD_DIR / "mask2former_tiny_synthetic_teacher.yaml", GD),
     "gd_stage2": (GD_DIR / "mask2former_tiny_synthetic_student.yaml", GD + GD_SSL),
     "diod": (REPO / "configs/DIOD/diod_synthetic.yaml", MOTION),
+    "diod_frozen_bn": (REPO / "configs/DIOD/diod_synthetic.yaml", MOTION),
     "xmod": (REPO / "configs/xMOD/xmod_synthetic.yaml", XMOD),
 }
 # Evaluation of a 1-process model, in 1 and in 2 processes: (config, opts, trained job).
@@ -81,16 +82,16 @@ EVALS = {
 # The default suite runs one trainer of each family; the others share its code path
 # (plain: CadTrainer, also run by cascade's CopyPasteTrainer; stage 1: the Mask2Former
 # criterion of stage 2; xMOD: DIOD's MotionStepTrainer) and are @slow.
-DEFAULT = ["cascade", "gd_stage2", "diod"]
+DEFAULT = ["cascade", "gd_stage2", "diod", "diod_frozen_bn"]
 SLOW = ["plain", "gd_stage1", "xmod"]
 # Relative tolerances: iteration-0 losses (mean over ranks vs 1 process; `exact` prefixes
 # are equal by construction, up to float32 summation order), iteration-0 gradient, final
 # weights of SGD runs (relative_update_error; Adam's sign-like first steps amplify tiny
 # gradient differences on near-zero gradients, so for Adam runs only the gradient is compared).
-# DIOD/xMOD: iteration-0 losses agree within 2 % (loss_nll) but the first gradients do not
-# (41 % relative, even with the encoder's BatchNorm frozen in eval mode; the per-layer error is
-# largest in the encoder and slot attention): the cause is not found yet, so for them only the
-# data, the losses and the identity of model and EMA teacher across ranks are tested.
+# DIOD/xMOD: the encoder's plain BatchNorm normalises over each process's own batch in training
+# (as the reference on N GPUs): measured 13.5 % gradient difference at iteration 0, exactly what
+# one process gives for batch 2 vs two batches of 1; "diod_frozen_bn" (BN in eval mode, test
+# only) removes it and must then match to float precision.
 TOL = {
     # measured: loss_box_reg 3.9e-4, loss_mask 3.8e-5, grad 4.1e-3, update 1.2e-2
     "plain": {"exact": ("loss_rpn",), "loss": 0.002, "grad": 0.05, "update": 0.05},
@@ -100,9 +101,10 @@ TOL = {
     "gd_stage1": {"exact": ("loss_mask", "loss_dice"), "loss": 0.1, "grad": 0.3},
     # measured: loss_ce_2 6.2e-3, grad 3.5e-2, EMA teacher update 1.7e-3
     "gd_stage2": {"exact": ("loss_mask", "loss_dice"), "loss": 0.02, "grad": 0.1, "teacher": 0.005},
-    # measured: loss_nll 1.9e-2 (xMOD: loss_nll_2d 1.9e-2, loss_reg_3d 4.5e-3)
-    "diod": {"exact": ("loss_recon",), "loss": 0.06},
-    "xmod": {"exact": ("loss_recon_2d",), "loss": 0.06},  # loss_recon_3d: mean over the process's valid points
+    # measured: before the fix of per-rank random buffers (slots_init) loss_nll 1.9e-2
+    "diod": {"exact": ("loss_recon",), "loss": 0.06, "grad": 0.4},
+    "diod_frozen_bn": {"exact": ("loss",), "loss": 1e-4, "grad": 1e-4},
+    "xmod": {"exact": ("loss_recon_2d",), "loss": 0.06, "grad": 0.4},  # loss_recon_3d: mean over the process's valid points
 }
 
 
@@ -121,7 +123,7 @@ def _jobs(root, world, names):
             extra = {"eval_weights": str(root / "1" / trained / "model_final.pth")}
         else:
             config, opts = JOBS[name]
-            extra = {"same_random_points": name.startswith("gd")}
+            extra = {"same_random_points": name.startswith("gd"), "frozen_bn": name.endswith("frozen_bn")}
             if name == "gd_stage2":
                 opts = opts + ["SSL.TEACHER_CKPT", str(root / "stage1_init.pth")]
         jobs.append((_args(config, opts, root / str(world) / name, **extra), root / str(world) / name))

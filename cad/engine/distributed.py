@@ -27,3 +27,18 @@ def average_buffers(module: nn.Module) -> None:
     for b in buffers:
         b.copy_(flat[offset: offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+@torch.no_grad()
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy every buffer of `module` from rank `src` to all processes, in place.
+
+    `DistributedDataParallel(broadcast_buffers=False)` (Detectron2's choice) syncs only the
+    parameters at construction in torch >= 2.13, so a buffer initialised at random (e.g. the
+    slot-attention initial slots of DIOD/xMOD, drawn with the per-rank seed SEED + rank) would
+    differ per rank. No-op in one process.
+    """
+    if comm.get_world_size() == 1:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src)
