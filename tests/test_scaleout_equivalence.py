@@ -105,7 +105,8 @@ TOL = {
     "diod": {"exact": ("loss_recon",), "loss": 1e-3, "grad": 0.4, "teacher": 0.12},
     # measured: losses 3e-8, grad 4.1e-7, students' update 2.4e-3
     "diod_frozen_bn": {"exact": ("loss",), "loss": 1e-4, "grad": 1e-4, "teacher": 0.01},
-    "xmod": {"exact": ("loss_recon_2d",), "loss": 0.06, "grad": 0.4},  # loss_recon_3d: mean over the process's valid points
+    # measured: loss_nll_3d 6.7e-4 (loss_recon_3d: mean over the process's valid points), grad 2.1e-1
+    "xmod": {"exact": ("loss_recon_2d",), "loss": 2e-3, "grad": 0.6},
 }
 
 
