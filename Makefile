@@ -14,7 +14,7 @@ demo: install
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) DATASETS.TEST "()" OUTPUT_DIR $(DEMO_OUT)
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --eval-only \
 		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth OUTPUT_DIR $(DEMO_OUT)/eval
-	@echo "metrics: $(DEMO_OUT)/eval/metrics.json; PNGs: $(DEMO_OUT)/eval/inference/synthetic_shapes_val/vis/"
+	@echo "metrics: $(DEMO_OUT)/eval/eval_results.json; PNGs: $(DEMO_OUT)/eval/inference/synthetic_shapes_val/vis/"
 
 test: install
 	$(PY) -m pytest -q tests

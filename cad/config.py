@@ -11,6 +11,7 @@ def add_cad_config(cfg: CN) -> None:
     _add_runtime_config(cfg)
     _add_vit_config(cfg)
     _add_detector_config(cfg)
+    _add_discovery_config(cfg)
     _add_mask2former_config(cfg)
     _add_ssl_config(cfg)
     _add_motion_config(cfg)
@@ -29,6 +30,15 @@ def _add_runtime_config(cfg: CN) -> None:
     cfg.CAD.VIS_SCORE_THRESH = 0.5
     # COCOeval maxDets for the class-agnostic evaluator (LVIS-style evaluation uses 300).
     cfg.CAD.EVAL_MAX_DETS = 100
+    # Evaluator types (cad.evaluation.EVALUATOR_REGISTRY) run in addition to the split's own one,
+    # e.g. ["corloc"] for LOST on a split scored by AP.
+    cfg.CAD.EVAL_EXTRA_TYPES = []
+    # Also write the predictions as a class-agnostic training JSON (the pseudo-label format of
+    # tools/discover.py and tools/self_training_ann.py); "" = off. "{dataset}" is replaced by the
+    # split name; a relative path is under OUTPUT_DIR/inference/<split>/.
+    cfg.CAD.EVAL_DUMP_TRAINING_JSON = ""
+    # Predictions below this score are left out of that JSON (0 keeps every pseudo-label).
+    cfg.CAD.EVAL_DUMP_SCORE_THRESH = 0.0
 
 
 def _add_vit_config(cfg: CN) -> None:
@@ -73,6 +83,58 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.DATALOADER.COPY_PASTE_MAX_RATIO = 1.0
     # Copy-paste: paste a uniform random number in [1, n] of the source's n objects (all if False).
     cfg.DATALOADER.COPY_PASTE_RANDOM_NUM = True
+
+
+def _add_discovery_config(cfg: CN) -> None:
+    """Pseudo-label generators as meta-architectures (MODEL.META_ARCHITECTURE LOST, MaskCut, VoteCut).
+
+    Defaults are the papers' values, the same as tools/discover.py's (cad/discovery/*.py constants).
+    The ViTs run on MODEL.DEVICE.
+    """
+    cfg.CAD.DISCOVERY = CN()
+    # ViT architectures in order (official torch.hub names); [] = the method's default model(s).
+    cfg.CAD.DISCOVERY.ARCHS = []
+    # Checkpoint of each of ARCHS (official key layout); [] or "" = torch.hub cache; "random" = random init.
+    cfg.CAD.DISCOVERY.WEIGHTS = []
+    # Architecture overrides of every ViT, 0 = official (small random models for tests and demos).
+    cfg.CAD.DISCOVERY.VIT_DEPTH = 0
+    cfg.CAD.DISCOVERY.VIT_EMBED_DIM = 0
+    cfg.CAD.DISCOVERY.VIT_NUM_HEADS = 0
+    # Dense-CRF post-processing of the mask methods (tools/discover.py --no-crf sets it off).
+    cfg.CAD.DISCOVERY.CRF = True
+    # Autocast of the ViT forward on CUDA: "" (float32), "fp16" or "bf16".
+    cfg.CAD.DISCOVERY.AMP = ""
+    # MaskCut/VoteCut: square ViT input side, rounded down to the patch multiple (CutLER/CuVLER 480).
+    cfg.CAD.DISCOVERY.RESOLUTION = 480
+    # MaskCut/VoteCut: cosine threshold tau of the binary patch graph (CutLER/CuVLER 0.15).
+    cfg.CAD.DISCOVERY.TAU = 0.15
+    # MaskCut/VoteCut: eigensolver of the normalized cut, "lanczos" or "eigh" (cad/discovery/ncut.py).
+    cfg.CAD.DISCOVERY.SOLVER = "lanczos"
+
+    cfg.CAD.LOST = CN()
+    # k: size of the pool of lowest-degree patches the seed is expanded with (LOST Sec. 3.2: 100).
+    cfg.CAD.LOST.K_PATCHES = 100
+    # Objects per image: 1 is the paper's single-object LOST; more repeats it on the remaining patches.
+    cfg.CAD.LOST.MAX_OBJECTS = 1
+    # Multi-object LOST stops at a seed scoring <= this (cad/discovery/lost.py).
+    cfg.CAD.LOST.MIN_SCORE = 0.5
+
+    cfg.CAD.MASKCUT = CN()
+    # N: normalized cuts (masks) per image (CutLER maskcut.py --N 3).
+    cfg.CAD.MASKCUT.N_CUTS = 3
+    # A mask whose CRF output has IoU < this with it is dropped (CutLER: 0.5).
+    cfg.CAD.MASKCUT.CRF_IOU = 0.5
+
+    cfg.CAD.VOTECUT = CN()
+    # k-means cluster counts of each eigenvector (CuVLER Ks = (2, 3)).
+    cfg.CAD.VOTECUT.KS = [2, 3]
+    # IoU above which proposals fall in the same cluster (CuVLER: 0.6).
+    cfg.CAD.VOTECUT.IOU_THRESHOLD = 0.6
+    # A pixel is kept when more than this fraction of its cluster votes for it (CuVLER tau_m 0.2).
+    cfg.CAD.VOTECUT.VOTE_THRESHOLD = 0.2
+    # Masks per image (CuVLER max_masks_per_img 10).
+    cfg.CAD.VOTECUT.MAX_MASKS = 10
+
 
 def _add_mask2former_config(cfg: CN) -> None:
     """Mask2Former keys (names as in the official add_maskformer2_config; COCO instance defaults)."""
@@ -126,11 +188,6 @@ def _add_mask2former_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
-    # Simple feature pyramid over a registered plain ViT backbone (DINOv2): inner backbone name
-    # in BACKBONE_REGISTRY, and output channels of the stride 4/8/16/32 maps.
-    cfg.MODEL.SFP = CN()
-    cfg.MODEL.SFP.VIT_BACKBONE = "build_dinov2_vit_backbone"
-    cfg.MODEL.SFP.OUT_CHANNELS = [128, 256, 512, 1024]
 
 
 def _add_ssl_config(cfg: CN) -> None:

@@ -134,3 +134,11 @@ def test_refine_with_real_crf_snaps_to_the_object():
 def test_grid_mismatch_fails_clearly():
     with pytest.raises(ValueError, match="patches"):
         maskcut_patch_masks(torch.zeros(1, 10, 4), (3, 3))
+
+
+def test_round_off_cannot_choose_among_equal_entries():
+    v = np.zeros(16)
+    v[3], v[12] = 1.0, 1.0 + 2e-15  # equal up to solver noise, in different components
+    np.testing.assert_array_equal(np.flatnonzero(bipartition(v, (4, 4))), [3])  # first index wins
+    v[12] = 1.0 + 2e-9  # a real difference is kept
+    np.testing.assert_array_equal(np.flatnonzero(bipartition(v, (4, 4))), [12])

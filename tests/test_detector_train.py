@@ -30,7 +30,7 @@ def test_cascade_train_eval_and_self_training_round(tmp_path, datasets_root):
     proc = run_tool("train_net.py", "--config-file", str(CONFIG), "--eval-only", "--test-dataset", "synthetic_shapes_tiny_val",
                     *TINY_OPTS, "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(evaluated), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((evaluated / "metrics.json").read_text())
+    results = json.loads((evaluated / "eval_results.json").read_text())
     for task in ("bbox", "segm"):
         assert {"AP", "AP50", "AP75", "AR@100"} <= set(results[task])
 

@@ -16,7 +16,7 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert "Rank of current process: 0. World size: 2" in log
     assert (tmp_path / "model_final.pth").exists()
-    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"bbox", "segm"}
+    assert set(json.loads((tmp_path / "eval_results.json").read_text())) == {"bbox", "segm"}
 
 
 def _slurm_args(tmp_path, *extra) -> argparse.Namespace:

@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from conftest import TINY_CONFIG, TINY_OPTS, run_tool
 
@@ -22,11 +23,16 @@ def trained(tmp_path_factory):
 def test_train_two_iterations_then_evaluates(trained):
     out, proc = trained
     assert (out / "model_final.pth").exists() and (out / "model_0000001.pth").exists()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "eval_results.json").read_text())
     for task in ("bbox", "segm"):
         assert {"AP", "AP50", "AP75", "AR@1", "AR@10", "AR@100"} <= set(metrics[task])
     log = (out / "log.txt").read_text()
     assert "iter: 1" in log and "Starting training from iteration 0" in log
+    checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["iteration"] == 1 and checkpoint["trainer"]["_trainer"]["optimizer"]["state"], "optimizer state saved"
+    training_log = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert training_log[0]["iteration"] == 1 and "total_loss" in training_log[0]
+    assert "segm/AP" in training_log[-1], "the final evaluation is logged after the losses, not over them"
 
 
 def test_resume_continues_from_checkpoint_iteration(trained, tmp_path):
@@ -46,7 +52,7 @@ def test_eval_only_writes_metrics_and_pngs(trained, tmp_path):
     out, _ = trained
     proc = _train(tmp_path, "MODEL.WEIGHTS", str(out / "model_final.pth"), "CAD.VIS_NUM_IMAGES", "2", args=("--eval-only",))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval_results.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
     folder = tmp_path / "inference" / "synthetic_shapes_tiny_val"
     assert (folder / "coco_instances_results.json").exists()

@@ -1,13 +1,10 @@
-"""Mask2Former model: shapes, instance inference (incl. Q*K < detections), SFP backbone."""
+"""Mask2Former model: shapes, instance inference (incl. Q*K < detections), DINOv2 feature-pyramid config."""
 import torch
 from detectron2.config import get_cfg
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_model
-from torch import nn
+from detectron2.modeling import build_model
 
 from cad.config import add_cad_config
 from cad.modeling.mask2former.meta_arch import instance_inference
-from cad.modeling.mask2former.sfp import SimpleFeaturePyramid
 
 torch.set_num_threads(1)
 
@@ -61,36 +58,22 @@ def test_tiny_model_forward_train_and_eval():
     assert out.pred_masks.shape[1:] == (32, 40)
 
 
-class _FakeViT(Backbone):
-    def __init__(self):
-        super().__init__()
-        self.patch = nn.Conv2d(3, 8, 14, stride=14)
-
-    def forward(self, x):
-        assert x.shape[-1] % 14 == 0 and x.shape[-2] % 14 == 0
-        return {"last": self.patch(x)}
-
-    def output_shape(self):
-        return {"last": ShapeSpec(channels=8, stride=14)}
-
-
-def test_simple_feature_pyramid_strides():
-    sfp = SimpleFeaturePyramid(_FakeViT(), (4, 5, 6, 7))
-    out = sfp(torch.randn(1, 3, 64, 96))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "res2": (1, 4, 16, 24), "res3": (1, 5, 8, 12), "res4": (1, 6, 4, 6), "res5": (1, 7, 2, 3)}
-    assert {k: (s.channels, s.stride) for k, s in sfp.output_shape().items()}["res5"] == (7, 32)
-
-
-def test_sfp_registered_with_clear_error():
-    cfg = _tiny_cfg()
-    cfg.MODEL.SFP.VIT_BACKBONE = "no_such_vit"
-    try:
-        BACKBONE_REGISTRY.get("build_m2f_vit_sfp_backbone")(cfg, ShapeSpec(channels=3))
-    except KeyError as e:
-        assert "no_such_vit" in str(e)
-    else:
-        raise AssertionError("expected a KeyError")
+def test_dinov2_config_builds_on_the_vit_feature_pyramid():
+    # The COCO DINOv2 configs with a tiny random DINOv2 (official key layout) instead of ViT-B/14.
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file("configs/GuidedDistillation/coco/dinov2_teacher_1pct.yaml")
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1",
+                         "CAD.VIT.EMBED_DIM", "24", "CAD.VIT.NUM_HEADS", "2", "CAD.VIT.PYRAMID_OUT_CHANNELS", "32",
+                         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+                         "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+                         "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "32", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+                         "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "5"])
+    model = build_model(cfg).eval()
+    assert {k: s.stride for k, s in model.backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}])
+    assert out[0]["instances"].pred_masks.shape[1:] == (64, 64)
 
 
 def test_all_guided_distillation_configs_load():

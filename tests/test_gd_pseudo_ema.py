@@ -104,3 +104,20 @@ def test_burnin_switch_exactly_at_burnin_iter(burnin):
     assert all(d is None for d in decays[:burnin])  # frozen stage-1 teacher during guided burn-in
     assert decays[burnin] == 0.0  # copy of the student at BURNIN_ITER
     assert all(math.isclose(d, 0.9996) for d in decays[burnin + 1:])  # EMA afterwards
+
+
+def test_step_updates_teacher_only_from_burnin_iter():
+    from cad.distillation.guided import GuidedDistillationStep
+
+    step = GuidedDistillationStep.__new__(GuidedDistillationStep)  # only the teacher-update state
+    student, teacher = _Net(3.0), _Net(1.0)
+    step.model, step.teacher, step.burnin_iter, step.ema_decay = student, teacher, 2, 0.5
+    for it in (0, 1):
+        step.update_teacher(it)
+        assert torch.equal(teacher.lin.weight, torch.full((2, 2), 1.0))  # frozen stage-1 teacher
+    step.update_teacher(2)
+    assert torch.equal(teacher.lin.weight, student.lin.weight)  # copy at BURNIN_ITER
+    with torch.no_grad():
+        student.lin.weight.fill_(5.0)
+    step.update_teacher(3)
+    assert torch.allclose(teacher.lin.weight, torch.full((2, 2), 0.5 * 3.0 + 0.5 * 5.0))  # EMA after

@@ -17,7 +17,7 @@ from scipy import ndimage
 from cad.discovery.crf import dense_crf
 from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
 from cad.discovery.method import DiscoveryImage, register_method
-from cad.discovery.ncut import EPS, TAU, fiedler_vectors
+from cad.discovery.ncut import EPS, TAU, cosine_matrix, fiedler_from_cosine
 
 __all__ = ["bipartition", "maskcut_patch_masks", "maskcut_refine", "mask_iou", "count_corners", "MaskCut"]
 
@@ -26,6 +26,7 @@ CORNER_LIMIT = 3  # a partition covering >= 3 of the 4 grid corners is backgroun
 OVERLAP_IOU = 0.5  # a later cut with IoU > 0.5 with the previous cut is emptied (maskcut_forward)
 MIN_AREA = 0.01  # a later cut covering <= 1% of the grid is emptied (maskcut_forward)
 CRF_IOU = 0.5  # a mask whose CRF output has IoU < 0.5 with it is dropped (maskcut.py main loop)
+QUANTUM = 9  # decimals kept of the max-normalised eigenvector before the bipartition (cad, see bipartition)
 RESOLUTION = 480  # images are resized to 480x480 (CutLER --fixed_size 480)
 DEFAULT_ARCH = "dino_vitb8"  # CutLER's MaskCut runs DINO ViT-B/8 keys
 
@@ -48,7 +49,12 @@ def bipartition(vector: np.ndarray, grid: Tuple[int, int], corner_limit: int = C
     negated) when it covers >= `corner_limit` corners, otherwise when the seed is not in it; the
     seed then becomes the argmax of the (possibly negated) vector and the mask is the 4-connected
     component of the partition holding it (empty if the seed falls outside, a degenerate vector).
+    The vector is first scaled to max |v| = 1 and rounded to 1e-9 (`QUANTUM`): entries equal in
+    exact arithmetic (e.g. all masked-out patches) then stay equal, so the solver's round-off
+    cannot choose the seed among them (argmax takes the first).
     """
+    peak = np.abs(vector).max()
+    vector = np.round(vector / peak, QUANTUM) if peak > 0 else vector
     part = vector > vector.mean()
     seed = int(np.argmax(np.abs(vector)))
     if count_corners(part.reshape(grid)) >= corner_limit or not part[seed]:
@@ -69,30 +75,34 @@ def maskcut_patch_masks(
     overlap_iou: float = OVERLAP_IOU,
     min_area: float = MIN_AREA,
     corner_limit: int = CORNER_LIMIT,
-    solver: str = "lobpcg",
+    solver: str = "lanczos",
+    chunk: int = 4,
 ) -> np.ndarray:
     """MaskCut's cuts on the patch grid for a batch of images.
 
     feats: (B, h*w, C) patch keys. Returns (B, n_cuts, h, w) bool; an emptied cut is all False.
     From the second cut on, a cut whose IoU with the previous cut is > `overlap_iou` or whose area
-    is <= `min_area` of the grid is emptied; after each cut the features of every kept patch so
-    far are zeroed (cosine 0 with everything) before the next eigenvector.
+    is <= `min_area` of the grid is emptied; after each cut every kept patch so far is masked out
+    (CutLER zeroes its features: cosine 0 with everything) before the next eigenvector. The
+    cosines are computed once per image; `chunk` images share each eigensolve.
     """
     batch = feats.shape[0]
     h, w = grid
     if feats.shape[1] != h * w:
         raise ValueError(f"feats has {feats.shape[1]} patches, grid {grid} has {h * w}")
     masks = np.zeros((batch, n_cuts, h, w), dtype=bool)
-    painted = torch.zeros(batch, h * w, dtype=torch.bool, device=feats.device)
-    for cut in range(n_cuts):
-        masked = feats.masked_fill(painted[:, :, None], 0.0)
-        vectors = fiedler_vectors(masked, tau, eps, generalized=True, solver=solver).cpu().numpy()
-        for b in range(batch):
-            mask = bipartition(vectors[b], grid, corner_limit)
-            if cut >= 1 and (mask_iou(masks[b, cut - 1], mask) > overlap_iou or mask.mean() <= min_area):
-                mask = np.zeros_like(mask)
-            masks[b, cut] = mask
-        painted |= torch.from_numpy(masks[:, cut].reshape(batch, -1)).to(feats.device)
+    for lo in range(0, batch, chunk):
+        cos = cosine_matrix(feats[lo : lo + chunk])
+        painted = np.zeros((cos.shape[0], h * w), dtype=bool)
+        for cut in range(n_cuts):
+            active = torch.from_numpy(~painted).to(feats.device)
+            vectors = fiedler_from_cosine(cos, tau, eps, active, generalized=True, solver=solver).cpu().numpy()
+            for b, vec in enumerate(vectors):
+                mask = bipartition(vec, grid, corner_limit)
+                if cut >= 1 and (mask_iou(masks[lo + b, cut - 1], mask) > overlap_iou or mask.mean() <= min_area):
+                    mask = np.zeros_like(mask)
+                masks[lo + b, cut] = mask
+                painted[b] |= mask.reshape(-1)
     return masks
 
 
@@ -163,7 +173,7 @@ class MaskCut:
         overlap_iou: float = OVERLAP_IOU,
         min_area: float = MIN_AREA,
         crf_iou: float = CRF_IOU,
-        solver: str = "lobpcg",
+        solver: str = "lanczos",
         amp: Optional[str] = None,
         **vit_overrides,
     ) -> None:

@@ -6,10 +6,11 @@ from typing import List, Optional
 
 from detectron2.engine import default_argument_parser
 
+from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.engine.launch import launch
-from cad.engine.setup import ConfigError, build_cfg
+from cad.engine.setup import ConfigError, build_cfg, check_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     from cad.engine.train import main  # imports the models (slow); after --help
 
     try:
-        build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
+        cfg = build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
+        if not args.eval_only:
+            check_trainable(cfg)
         if args.slurm:
             from cad.engine.slurm import submit
 
@@ -55,7 +58,7 @@ def run(argv: Optional[List[str]] = None) -> int:
             print(f"submitted job {job.job_id}")
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (ConfigError, DatasetMissingError, CorruptImageError) as e:
+    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

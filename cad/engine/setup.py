@@ -72,3 +72,19 @@ def _nodes(cfg: CfgNode):
     for value in cfg.values():
         if isinstance(value, CfgNode):
             yield from _nodes(value)
+
+
+def check_trainable(cfg: CfgNode) -> None:
+    """Raise `ConfigError` when `MODEL.META_ARCHITECTURE` cannot be trained.
+
+    Pseudo-label generators (LOST, MaskCut, VoteCut: `cad.modeling.pseudo_labelers`) declare
+    `trainable = False`; they only run with `--eval-only`.
+    """
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name in META_ARCH_REGISTRY and not getattr(META_ARCH_REGISTRY.get(name), "trainable", True):
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {name} generates pseudo-labels and has no trainable parameters; "
+            "run it with --eval-only (add CAD.EVAL_DUMP_TRAINING_JSON to write its pseudo-labels)"
+        )

@@ -26,6 +26,9 @@ from cad.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+# Written by `CadTrainer.test` in OUTPUT_DIR: the last evaluation's metrics, by task.
+EVAL_RESULTS_FILE = "eval_results.json"
+
 TRAINER_REGISTRY = Registry("CAD_TRAINER")
 TRAINER_REGISTRY.__doc__ = "Trainer classes selected by cfg.CAD.TRAINER."
 
@@ -75,6 +78,18 @@ class CadTrainer(DefaultTrainer):
         """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)."""
         return super().build_hooks() + [PreemptionHook()]
 
+    def state_dict(self) -> Dict:
+        """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).
+
+        Detectron2 0.6's DefaultTrainer leaves the optimizer out, so `--resume` would restart
+        SGD momentum / AdamW moments from zero.
+        """
+        return {**super().state_dict(), "_trainer": self._trainer.state_dict()}
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
         """The object that runs one iteration: AMP only when enabled and CUDA is present."""
@@ -99,8 +114,11 @@ class CadTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators: List[DatasetEvaluator] = None):
-        """Evaluate on every `DATASETS.TEST` split; also writes `OUTPUT_DIR/metrics.json`."""
+        """Evaluate on every `DATASETS.TEST` split; also writes `OUTPUT_DIR/eval_results.json`.
+
+        (`OUTPUT_DIR/metrics.json` is Detectron2's line-per-iteration training log.)
+        """
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
-            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), results)
+            atomic_write_json(os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE), results)
         return results

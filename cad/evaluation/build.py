@@ -1,6 +1,6 @@
 """Pick the evaluator of a split from its metadata `evaluator_type`."""
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
@@ -30,11 +30,23 @@ def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    """The evaluator registered for the split's `evaluator_type`; a clear error if none is."""
+    """The evaluator of the split's `evaluator_type`, plus those of `CAD.EVAL_EXTRA_TYPES` and the
+    training-JSON writer when `CAD.EVAL_DUMP_TRAINING_JSON` is set (then a split without an
+    evaluator type only gets the writer). A clear error when a type is not registered."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type is None or evaluator_type not in EVALUATOR_REGISTRY:
+    dump = cfg.CAD.EVAL_DUMP_TRAINING_JSON
+    types = [] if evaluator_type is None and dump else [evaluator_type]
+    types += [t for t in cfg.CAD.EVAL_EXTRA_TYPES if t not in types]
+    unknown = [t for t in types if t is None or t not in EVALUATOR_REGISTRY]
+    if unknown:
         raise ValueError(
-            f"no evaluator for dataset '{dataset_name}' (evaluator_type={evaluator_type!r}); "
+            f"no evaluator for dataset '{dataset_name}' (evaluator_type={unknown[0]!r}); "
             f"known types: {sorted(k for k, _ in EVALUATOR_REGISTRY)}"
         )
-    return EVALUATOR_REGISTRY.get(evaluator_type)(cfg, dataset_name, output_dir)
+    evaluators = [EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_dir) for t in types]
+    if dump:
+        from cad.evaluation.training_json import TrainingJSONWriter, training_json_path
+
+        path = training_json_path(dump, dataset_name, output_dir)
+        evaluators.append(TrainingJSONWriter(dataset_name, path, cfg.CAD.EVAL_DUMP_SCORE_THRESH))
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

@@ -3,7 +3,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -39,20 +39,23 @@ def draw_image(record: Dict, annotations: List[Dict], metadata, scale: float = 1
 
 def render_predictions(
     dataset_name: str,
-    results_json: str,
+    results: Union[str, List[Dict]],
     out_dir: str,
     num_images: int = 8,
     score_thresh: float = 0.5,
     with_ground_truth: bool = True,
     image_ids: Optional[List] = None,
 ) -> List[str]:
-    """Write PNGs of the COCO-format results in `results_json` on images of `dataset_name`.
+    """Write PNGs of COCO-format results on images of `dataset_name`.
 
-    With `with_ground_truth` and annotations in the split, each PNG shows the ground truth
-    (left) next to the results (right). Returns the written paths.
+    `results`: entries (image_id, bbox XYWH, score, optional RLE segmentation), or the path of a
+    JSON holding a results list (predictions) or a full COCO JSON (pseudo-labels). With
+    `with_ground_truth` and annotations in the split, each PNG shows the ground truth (left) next
+    to the results (right). Returns the written paths.
     """
-    with open(results_json) as f:
-        results = json.load(f)
+    if isinstance(results, str):
+        with open(results) as f:
+            results = json.load(f)
     if isinstance(results, dict):  # a full COCO JSON (pseudo-labels) rather than a results list
         results = results["annotations"]
     by_image = defaultdict(list)

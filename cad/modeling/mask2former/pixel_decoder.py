@@ -127,7 +127,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     def forward_features(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """features: backbone maps by name. Returns mask features (B, mask_dim, H/s, W/s) and
-        `maskformer_num_feature_levels` maps (B, conv_dim, h_l, w_l), coarse to fine."""
+        `maskformer_num_feature_levels` maps (B, conv_dim, h_l, w_l), coarse to fine.
+        Runs in fp32 with autocast off, as the reference."""
+        device_type = next(iter(features.values())).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._forward_features(features)
+
+    def _forward_features(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         srcs, pos = [], []
         for i, name in enumerate(self.transformer_in_features[::-1]):
             x = self.input_proj[i](features[name].float())
