@@ -54,5 +54,5 @@ def test_two_stages_resume_and_eval(tmp_path):
     _train_net([*student_cfg, "--eval-only", *TINY,
                 "MODEL.WEIGHTS", str(s_out / "model_final.pth"), "SSL.EVAL_WHO", "teacher",
                 "OUTPUT_DIR", str(tmp_path / "eval")], data)
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert "AP" in metrics["segm"]

@@ -20,7 +20,7 @@ def test_train_net_two_iterations(config, tmp_path):
     out = tmp_path / "out"
     proc = run_tool("train_net.py", "--config-file", config, "OUTPUT_DIR", str(out), *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())["motion"]
+    metrics = json.loads((out / "eval_results.json").read_text())["motion"]
     assert 0 <= metrics["f1_50"] <= 100 and metrics["num_frames"] > 0
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     assert bool(state["distilling"]) and any(k.startswith("teachers.2d.") for k in state)
