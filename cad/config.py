@@ -227,6 +227,8 @@ def _add_ssl_config(cfg: CN) -> None:
     ssl.STRONG_GRAYSCALE_PROB = 0.2
     ssl.STRONG_BLUR_PROB = 0.5
     ssl.STRONG_BLUR_SIGMA = [0.1, 2.0]
+
+
 def _add_motion_config(cfg: CN) -> None:
     """DIOD / xMOD slot models (cad.modeling.motion, cad.distillation.motion)."""
     m = cfg.CAD.MOTION = CN()

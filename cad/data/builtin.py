@@ -7,10 +7,10 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cad.data.motion import register_motion_datasets
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
 from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
+from cad.data.motion import register_motion_datasets
 from cad.data.paths import datasets_root
 from cad.data.self_training import register_self_training_splits
 from cad.data.ssl_splits import register_standard_ssl_splits

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
@@ -31,7 +31,7 @@ from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
 from cad.distillation.ema import ema_update, teacher_decay, unwrap
-from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, ddp_device_kwargs
+from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, build_ddp_model
 from cad.modeling.mask2former.solver import build_mask2former_optimizer
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class GuidedDistillationTrainer(CadTrainer):
         optimizer = self.build_optimizer(cfg, self.ensemble.student)
         labeled_loader = self.build_train_loader(cfg)
         unlabeled_loader = build_unlabeled_loader(cfg)
-        student = create_ddp_model(self.ensemble.student, broadcast_buffers=False, **ddp_device_kwargs())
+        student = build_ddp_model(self.ensemble.student)
         self._trainer = GuidedDistillationStep(cfg, student, self.ensemble.teacher, labeled_loader, unlabeled_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(self.ensemble, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

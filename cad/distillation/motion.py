@@ -17,6 +17,7 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 from cad.data.motion import MotionClipMapper
 from cad.distillation.ema import ema_update, unwrap
+from cad.engine.distributed import average_buffers
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class MotionStepTrainer(SimpleTrainer):
             logger.info("Iteration %d: burn-in done, self-distillation starts (teacher <- student)", self.iter)
             model.start_distillation()
         super().run_step()
+        average_buffers(model.students)  # same BN statistics on every rank, hence the same EMA teacher
         if bool(model.distilling):
             ema_update(model.teachers, model.students, self.keep_rate)
 

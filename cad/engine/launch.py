@@ -41,13 +41,24 @@ def launch(
         if num_machines != 1:
             raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    mp.start_processes(
-        _worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
-        daemon=False,
-        start_method="spawn",
-    )
+    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout)
+    if num_gpus_per_machine == 1:
+        # One process per machine (e.g. a submitit task per node with one GPU): train in this
+        # process, so a preemption signal reaches the training loop itself.
+        _worker(0, *worker_args)
+        return
+    context = mp.start_processes(_worker, nprocs=num_gpus_per_machine, args=worker_args, daemon=False,
+                                 start_method="spawn", join=False)
+    try:
+        while not context.join():
+            pass
+    except BaseException:
+        # e.g. submitit's requeue (SystemExit) on preemption: stop the workers with us, so none
+        # keeps training (and writing checkpoints) next to the requeued job.
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+        raise
 
 
 def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout):

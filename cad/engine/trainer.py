@@ -19,6 +19,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
 from cad.data.mapper import CadDatasetMapper
+from cad.engine.distributed import broadcast_buffers
+from cad.engine.preemption import PreemptionHook
 from cad.evaluation.build import build_evaluator
 from cad.utils.io import atomic_write_json
 
@@ -38,6 +40,14 @@ def ddp_device_kwargs() -> Dict:
     return {"device_ids": None}
 
 
+def build_ddp_model(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP (no buffer sync in forward, as Detectron2) with every rank starting from rank 0's
+    parameters AND buffers; the model itself in one process."""
+    ddp = create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs())
+    broadcast_buffers(model)
+    return ddp
+
+
 @TRAINER_REGISTRY.register()
 class CadTrainer(DefaultTrainer):
     """`DefaultTrainer` that runs on CPU or CUDA, with cad's mapper and evaluators.
@@ -55,7 +65,7 @@ class CadTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs())
+        model = build_ddp_model(model)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -63,6 +73,10 @@ class CadTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List:
+        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)."""
+        return super().build_hooks() + [PreemptionHook()]
 
     def state_dict(self) -> Dict:
         """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).

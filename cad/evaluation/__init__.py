@@ -4,4 +4,6 @@ from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
 from cad.evaluation.corloc import CorLocEvaluator, corloc
 from cad.evaluation.motion import MotionEvaluator
 
-__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "CorLocEvaluator", "MotionEvaluator", "corloc"]
+__all__ = [
+    "EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "CorLocEvaluator", "MotionEvaluator", "corloc",
+]
