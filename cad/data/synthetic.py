@@ -13,10 +13,9 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
-from iopath.common.file_io import file_lock
 
 from cad.data.coco import load_class_agnostic_coco
-from cad.utils.io import atomic_write_json, atomic_write_png
+from cad.utils.io import atomic_write_json, atomic_write_png, write_once
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +146,8 @@ def generate_shapes(name: str, root: Path) -> Path:
     """
     split = SHAPES_SPLITS[name]
     image_dir, json_path = split_paths(name, root)
-    if json_path.exists():
-        return json_path
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(str(json_path)):
-        if json_path.exists():
-            return json_path
+
+    def write() -> None:
         logger.info("Generating %s (%d images) under %s", name, split.num_images, image_dir)
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
@@ -164,7 +159,8 @@ def generate_shapes(name: str, root: Path) -> Path:
             images.append({"id": image_id, "file_name": file_name, "width": split.size, "height": split.size})
             annotations += _annotations(masks, image_id, len(annotations) + 1)
         atomic_write_json(json_path, {"images": images, "annotations": annotations, "categories": CATEGORIES})
-    return json_path
+
+    return write_once(json_path, write)
 
 
 def load_shapes_multiclass(name: str, root: Path, split: str) -> List[Dict]:

@@ -21,10 +21,9 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from iopath.common.file_io import file_lock
 
 from cad.data.synthetic import _shape_mask, _texture
-from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_png
+from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_png, write_once
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +161,8 @@ def generate_motion(name: str, root: Path) -> Path:
     """
     split = MOTION_SPLITS[name]
     folder, index_path = motion_split_dir(name, root)
-    if index_path.exists():
-        return index_path
-    index_path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(str(index_path)):
-        if index_path.exists():
-            return index_path
+
+    def write() -> None:
         logger.info("Generating %s (%d videos) under %s", name, split.num_videos, folder)
         scenes: List[Dict] = []
         for v in range(split.num_videos):
@@ -182,4 +177,5 @@ def generate_motion(name: str, root: Path) -> Path:
                 atomic_write_bytes(folder / scene / "depth" / CAMERA / f"{stem}.npz", _npz_bytes(dep))
             scenes.append({"scene": scene, "num_frames": split.num_frames, "moving_ids": [int(i) for i in moving]})
         atomic_write_json(index_path, {"scenes": scenes, "intrinsics": _intrinsics(split), "camera": CAMERA})
-    return index_path
+
+    return write_once(index_path, write)

@@ -32,7 +32,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from cad.discovery.method import DiscoveryImage, register_method
+from cad.discovery.method import DiscoveryImage, LazyViT, register_method
 
 __all__ = [
     "K_PATCHES",
@@ -185,7 +185,7 @@ def lost(
 
 
 @register_method("lost")
-class LOST:
+class LOST(LazyViT):
     """LOST behind the discovery pipeline (`tools/discover.py lost`).
 
     Stage 1 runs the ViT at full resolution (ImageNet-normalised, zero-padded bottom/right to a
@@ -219,16 +219,7 @@ class LOST:
         self.min_score = min_score
         self.amp = amp
         self.vit_overrides = vit_overrides
-        self._model = None
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The ViT, built on first use (stage-2 workers never build it)."""
-        if self._model is None:
-            from cad.backbones.vit import build_vit
-
-            self._model = build_vit(self.arch, self.weights, device=self.device, **self.vit_overrides)
-        return self._model
+        self._model: Optional[torch.nn.Module] = None
 
     def discover(self, images: List[np.ndarray]) -> List[List[LostObject]]:
         """LOST objects of RGB uint8 images (H, W, 3), in order; same-size images are batched."""

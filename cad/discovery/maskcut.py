@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from cad.discovery.crf import dense_crf
 from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
-from cad.discovery.method import DiscoveryImage, register_method
+from cad.discovery.method import DiscoveryImage, LazyViT, register_method
 from cad.discovery.ncut import EPS, TAU, cosine_matrix, fiedler_from_cosine
 
 __all__ = ["bipartition", "maskcut_patch_masks", "maskcut_refine", "mask_iou", "count_corners", "MaskCut"]
@@ -151,7 +151,7 @@ def maskcut_refine(
 
 
 @register_method("maskcut")
-class MaskCut:
+class MaskCut(LazyViT):
     """MaskCut behind the discovery pipeline (`tools/discover.py maskcut`).
 
     Stage 1: images resized to `resolution` (LANCZOS, default 480x480), one batched ViT forward
@@ -186,16 +186,7 @@ class MaskCut:
         self.resolution, self.n_cuts, self.tau, self.eps = resolution, n_cuts, tau, eps
         self.overlap_iou, self.min_area, self.crf_iou = overlap_iou, min_area, crf_iou
         self.solver, self.amp, self.vit_overrides = solver, amp, vit_overrides
-        self._model = None
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The ViT, built on first use (stage-2 workers never build it)."""
-        if self._model is None:
-            from cad.backbones.vit import build_vit
-
-            self._model = build_vit(self.arch, self.weights, device=self.device, **self.vit_overrides)
-        return self._model
+        self._model: Optional[torch.nn.Module] = None
 
     def features(self, images: List[np.ndarray]) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Last-block keys (B, h*w, C) of the resized images, and the grid (h, w)."""

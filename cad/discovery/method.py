@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
+import torch
 
 # name ("lost", "maskcut", "votecut") -> class following `DiscoveryMethod`.
 DISCOVERY_METHODS: Dict[str, type] = {}
@@ -112,3 +113,22 @@ def method_class(name: str) -> type:
 def build_method(name: str, options: MethodOptions) -> DiscoveryMethod:
     """Build the method registered as `name` (see the module docstring)."""
     return method_class(name)(options)
+
+
+class LazyViT:
+    """Mixin for single-ViT methods: `self.model` is built from `arch`, `weights`, `device` and
+    `vit_overrides` on first use, so building a method (e.g. in a stage-2 worker) stays cheap."""
+
+    arch: str
+    weights: Optional[str]
+    device: str
+    vit_overrides: Dict
+    _model: Optional[torch.nn.Module] = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            from cad.backbones.vit import build_vit
+
+            self._model = build_vit(self.arch, self.weights, device=self.device, **self.vit_overrides)
+        return self._model

@@ -3,9 +3,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
+from iopath.common.file_io import file_lock
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -34,3 +35,19 @@ def atomic_write_png(path: Path, rgb) -> None:
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
     atomic_write_bytes(path, png.tobytes())
+
+
+def write_once(path: Path, write: Callable[[], None]) -> Path:
+    """Run `write()` unless `path` exists, under a file lock; return `path`.
+
+    For generated data whose last, atomic write is `path` (images first, index JSON last): an
+    existing `path` means complete data, and several processes may ask for it at once.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(str(path)):
+        if not path.exists():
+            write()
+    return path
