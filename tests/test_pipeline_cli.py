@@ -9,7 +9,6 @@ import torch
 
 from cad.data.coco import register_class_agnostic_coco
 from cad.discovery.cli import run
-from cad.discovery.export import encode_mask
 
 from pipeline_fakes import GridMethod, make_images
 
