@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import cv2
 import numpy as np
 
-from cad.discovery.export import encode_mask
+from cad.utils.masks import encode_mask
 from cad.discovery.method import DISCOVERY_METHODS, DiscoveryImage, MethodOptions, register_method
 
 GRID = 8

@@ -8,7 +8,7 @@ import torch
 
 from cad.backbones.vit import save_random_checkpoint
 from cad.discovery.cli import run
-from cad.discovery.export import decode_mask
+from cad.utils.masks import decode_mask
 
 from pipeline_fakes import make_images
 

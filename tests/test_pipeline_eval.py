@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cad.discovery.export import encode_mask
+from cad.utils.masks import encode_mask
 from cad.evaluation.pseudo_masks import evaluate_pseudo_masks
 
 ROOT = Path(__file__).resolve().parents[1]

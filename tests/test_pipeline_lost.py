@@ -1,7 +1,6 @@
 """tools/discover.py lost end to end: random-init ViT-S/16 in the official layout, tiny images."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,13 +1,12 @@
 """Pipeline: resumption after a kill, sharding, corrupt images, JSON schema, workers."""
 import json
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cad.discovery.export import decode_mask
+from cad.utils.masks import decode_mask
 from cad.discovery.method import MethodOptions
 from cad.discovery.pipeline import PipelineConfig, WorkDirError, merge, run_pipeline, run_stage1, run_stage2
 from cad.discovery.sources import list_image_dir

@@ -16,6 +16,7 @@ import pycocotools.mask as mask_util
 
 from cad.data.coco import load_class_agnostic_coco
 from cad.utils.io import atomic_write_json, atomic_write_png, write_once
+from cad.utils.masks import encode_mask
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ def render_image(split: ShapesSplit, index: int) -> Tuple[np.ndarray, List[Tuple
 def _annotations(masks: List[Tuple[np.ndarray, int]], image_id: int, first_ann_id: int) -> List[Dict]:
     anns = []
     for i, (mask, kind) in enumerate(masks):
-        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
+        rle = encode_mask(mask)
         anns.append(
             {
                 "id": first_ann_id + i,

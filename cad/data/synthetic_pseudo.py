@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from iopath.common.file_io import file_lock
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, load_class_agnostic_coco
 from cad.data.synthetic import generate_shapes, split_paths
-from cad.utils.io import atomic_write_json
+from cad.utils.io import atomic_write_json, write_once
+from cad.utils.masks import decode_mask, encode_mask
 
 # pseudo-label split -> generated split whose ground truth it degrades (the tiny one is for tests)
 PSEUDO_SPLITS = {
@@ -39,12 +39,6 @@ class Degradation:
     shift: float = 0.3  # mask shifted by up to 8 px
     max_spurious: int = 2  # 0..max_spurious background blobs per image
     score_noise: float = 0.1  # std of the noise added to mask IoU to make the score
-
-
-def _rle(mask: np.ndarray) -> Dict:
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,21 +90,18 @@ def pseudo_json_path(source: str, root: Path) -> Path:
 def generate_pseudo_shapes(source: str, root: Path, cfg: Degradation = Degradation()) -> Path:
     """Write the pseudo-label JSON of generated split `source` under `root` unless present."""
     out = pseudo_json_path(source, root)
-    if out.exists():
-        return out
-    gt = load_class_agnostic_coco(generate_shapes(source, root), split_paths(source, root)[0], source, "Synthetic data")
-    with file_lock(str(out)):
-        if out.exists():
-            return out
+
+    def write() -> None:
+        gt = load_class_agnostic_coco(generate_shapes(source, root), split_paths(source, root)[0], source, "Synthetic data")
         images, annotations = [], []
         for record in gt:
             image_id = record["image_id"]
             images.append({"id": image_id, "file_name": Path(record["file_name"]).name,
                            "width": record["width"], "height": record["height"]})
-            masks = [mask_util.decode(a["segmentation"]).astype(bool) for a in record["annotations"]]
+            masks = [decode_mask(a["segmentation"]) for a in record["annotations"]]
             rng = np.random.default_rng([cfg.seed, image_id])
             for mask, score in degrade_masks(masks, (record["height"], record["width"]), rng, cfg):
-                rle = _rle(mask)
+                rle = encode_mask(mask)
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
                     "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)],
@@ -118,7 +109,8 @@ def generate_pseudo_shapes(source: str, root: Path, cfg: Degradation = Degradati
                 })
         atomic_write_json(out, {"images": images, "annotations": annotations,
                                 "categories": [{"id": 1, "name": "object"}]})
-    return out
+
+    return write_once(out, write)
 
 
 def load_pseudo_shapes(name: str, root: Path) -> List[Dict]:

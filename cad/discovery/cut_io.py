@@ -6,6 +6,8 @@ import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
+from cad.utils.masks import encode_mask
+
 __all__ = ["fixed_size", "vit_batch", "mask_annotation", "method_models"]
 
 
@@ -35,9 +37,8 @@ def vit_batch(images: Sequence[np.ndarray], side: int) -> torch.Tensor:
 
 def mask_annotation(mask: np.ndarray, score: float) -> Dict:
     """COCO annotation of a binary mask (H, W): compressed RLE at that size, bbox [x, y, w, h], score."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = encode_mask(mask)
     bbox = [float(v) for v in mask_util.toBbox(rle)]
-    rle["counts"] = rle["counts"].decode("ascii")
     return {"category_id": 1, "bbox": bbox, "score": float(score), "segmentation": rle}
 
 

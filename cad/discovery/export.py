@@ -16,19 +16,6 @@ from cad.utils.io import atomic_write_json
 CATEGORIES = [{"id": 1, "name": "object"}]
 
 
-def encode_mask(mask: np.ndarray) -> Dict:
-    """Compressed RLE (JSON-ready: `counts` is a str) of a binary mask (H, W)."""
-    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def decode_mask(rle: Mapping) -> np.ndarray:
-    """Binary mask (H, W) bool of a compressed RLE (counts as str or bytes)."""
-    counts = rle["counts"]
-    return mask_util.decode({"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
-
-
 def normalize_annotation(ann: Mapping, image_id: int, height: int, width: int) -> Dict:
     """One method annotation as plain JSON types, with `image_id`, `category_id`, `area`, `iscrowd`.
 

@@ -28,8 +28,9 @@ from PIL import Image
 from torch import nn
 
 from cad.backbones.vit import resolve_weights
-from cad.discovery.export import decode_mask, normalize_annotation
+from cad.discovery.export import normalize_annotation
 from cad.discovery.method import DiscoveryImage, MethodOptions, method_class
+from cad.utils.masks import decode_mask
 
 logger = logging.getLogger(__name__)
 
