@@ -253,10 +253,16 @@ def _add_motion_config(cfg: CN) -> None:
     m.MIN_MASK_AREA = 50
     # Encoder: ResNet-18 layout; channels of the first stage (64 in the reference).
     m.ENCODER_WIDTH = 64
+    # Encoder normalisation: "BN" (DIOD; running statistics at evaluation, DIOD itself evaluates
+    # with batch statistics) or "GN" (GroupNorm: per-image statistics, the same in training, in
+    # the EMA teacher and in evaluation; the synthetic configs use it).
+    m.ENCODER_NORM = "BN"
     # Number of slots (the last one is the background slot), slot size, slot MLP hidden size.
     m.NUM_SLOTS = 45
     m.SLOT_DIM = 64
     m.MLP_HIDDEN = 128
+    # Slot-attention iterations per frame (DIOD: 1; slots are carried over from the previous frame).
+    m.SLOT_ITERS = 1
     # Decoder hidden channels; 0 = SLOT_DIM (reference). Smaller values make CPU demos cheaper.
     m.DECODER_DIM = 0
     # Loss weights: reconstruction, motion-mask WBCE, fg NLL, fg L1 regulariser, teacher pseudo-labels.

@@ -1,4 +1,6 @@
 """synthetic_motion generation, TRI-PD / KITTI layouts (hand-made tiny trees), clip mapper, range images."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,9 @@ from cad.data.motion import (
     range_image_from_points,
 )
 from cad.data.paths import DatasetMissingError
-from cad.data.synthetic_motion import MOTION_SPLITS, render_video
+from cad.data.synthetic_motion import (
+    GENERATOR_VERSION, MIN_CONTRAST, MIN_EXTENT, MOTION_SPLITS, _object_texture, _shape, generate_motion, render_video,
+)
 from cad.utils.io import atomic_write_png
 
 
@@ -35,6 +39,25 @@ def test_render_video_deterministic_moving_and_static():
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and moving == moving2
     assert len(moving) >= 1 and ids[0].max() > len(moving)  # static objects too
     assert (depth[0][: int(0.2 * split.height)] == 0).all() and (depth[0][-1] > 0).all()  # sky invalid
+
+
+def test_objects_are_not_slivers_and_stand_out():
+    split = MOTION_SPLITS["synthetic_motion_train"]
+    rng = np.random.default_rng(0)
+    shapes = [_shape(rng, split) for _ in range(200)]
+    assert min(min(s.shape) for s in shapes) >= MIN_EXTENT * split.height
+    background = np.array([100.0, 120.0, 140.0])
+    means = [_object_texture(rng, 12, 12, background).reshape(-1, 3).mean(0) for _ in range(50)]
+    assert min(np.linalg.norm(m - background) for m in means) >= MIN_CONTRAST
+
+
+def test_stale_synthetic_motion_is_regenerated(tmp_path):
+    index = generate_motion("synthetic_motion_tiny_val", tmp_path)
+    data = json.loads(index.read_text())
+    assert data["generator"]["version"] == GENERATOR_VERSION and data["generator"]["num_videos"] == 2
+    for stale in ({"version": GENERATOR_VERSION - 1}, {"num_videos": 3}):
+        index.write_text(json.dumps({**data, "generator": {**data["generator"], **stale}}))
+        assert json.loads(generate_motion("synthetic_motion_tiny_val", tmp_path).read_text()) == data
 
 
 def test_synthetic_loader_and_mapper(tmp_path):

@@ -12,7 +12,7 @@ from cad.distillation.motion import lr_factor
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, hungarian_match, mask_loss, masked_mse
 from cad.modeling.motion.meta_arch import DIOD, XMOD
-from cad.modeling.motion.networks import SlotAttention, SlotVideoNet
+from cad.modeling.motion.networks import Encoder, SlotAttention, SlotVideoNet, norm_layer, position_grid
 from cad.modeling.motion.pseudo_labels import late_fusion, teacher_pseudo_labels
 
 torch.set_num_threads(1)
@@ -47,6 +47,37 @@ def test_video_net_shapes_stride4_and_background_slot():
     out = net(torch.randn(2, 3, 4, 16, 24))
     assert out["masks"].shape == (2, 3, 3, 4, 6) and out["recon"].shape == (2, 3, 4, 16, 24)
     torch.testing.assert_close(out["fg"], 1 - out["masks"][:, :, -1])
+
+
+def test_group_norm_encoder_is_batch_and_mode_independent():
+    torch.manual_seed(0)
+    enc = Encoder(3, width=8, norm="GN")
+    x = torch.randn(3, 3, 16, 24)
+    together = enc.train()(x)
+    assert together.shape == (3, 64, 4, 6)
+    torch.testing.assert_close(enc(x[1:2]), together[1:2], atol=1e-5, rtol=1e-5)  # no batch statistics
+    torch.testing.assert_close(enc.eval()(x), together, atol=1e-5, rtol=1e-5)  # training == evaluation
+    assert isinstance(norm_layer("BN")(8), torch.nn.BatchNorm2d) and norm_layer("GN")(8).num_groups == 8
+    with pytest.raises(ValueError, match="unknown encoder norm"):
+        norm_layer("LN")
+
+
+def test_more_slot_iterations_per_frame_refine_the_same_slots():
+    torch.manual_seed(0)
+    net = SlotVideoNet(in_channels=3, width=4, num_slots=3, dim=8, mlp_hidden=8, decoder_hidden=4)
+    x = torch.randn(1, 2, 3, 16, 24)
+    one = net(x)["masks"]
+    net.slot_iters = 2
+    two = net(x)["masks"]
+    assert two.shape == one.shape and not torch.allclose(one, two)
+    # by hand: frame 0 = pre-iteration + 2 iterations with the same module
+    sa = net.slot_attention
+    feats = net.encoder(x[0])
+    tokens = torch.relu(net.gru(feats[None])).flatten(3).transpose(2, 3) + net.pos(position_grid(4, 6))
+    tokens = net.mlp(net.norm(tokens))
+    slots = sa(tokens[:, 0], sa.initial_slots(1))[0]
+    slots = sa(tokens[:, 0], slots)[0]
+    torch.testing.assert_close(two[:, 0].reshape(1, 3, -1), sa(tokens[:, 0], slots)[1])
 
 
 def test_hungarian_match_hand_built():

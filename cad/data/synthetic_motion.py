@@ -14,8 +14,9 @@ The xMOD 4-channel range image (x, y, z, range) is projected from the depth by t
 (`cad.data.motion.range_image_from_depth`), as for TRI-PD.
 """
 import io
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -28,6 +29,8 @@ from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_png
 logger = logging.getLogger(__name__)
 
 CAMERA = "camera_01"
+# Bumped whenever render_video's output changes, so that data generated before is replaced.
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class MotionSplit:
 
 
 MOTION_SPLITS = {
-    "synthetic_motion_train": MotionSplit("train", num_videos=48, num_frames=20, seed=1),
+    "synthetic_motion_train": MotionSplit("train", num_videos=120, num_frames=20, seed=1),
     "synthetic_motion_val": MotionSplit("val", num_videos=12, num_frames=10, seed=20_000),
     # for tests
     "synthetic_motion_tiny_train": MotionSplit("tiny_train", num_videos=3, num_frames=6, seed=30_000, height=32, width=64),
@@ -60,12 +63,30 @@ def _intrinsics(split: MotionSplit) -> List[List[float]]:
     return [[f, 0.0, split.width / 2], [0.0, f, split.height / 2], [0.0, 0.0, 1.0]]
 
 
+# Every object is at least this fraction of the frame height wide and tall (no slivers that vanish at
+# the models' stride 4) and its mean colour is at least MIN_CONTRAST away (RGB L2) from the background's.
+MIN_EXTENT = 1 / 8
+MIN_CONTRAST = 60.0
+
+
 def _shape(rng: np.random.Generator, split: MotionSplit) -> np.ndarray:
-    """A random filled shape cropped to its box: bool [h, w], size ~ 1/6..1/3 of the frame height."""
-    size = int(split.height * rng.uniform(0.9, 1.6))
-    mask, _ = _shape_mask(rng, size)
-    ys, xs = np.nonzero(mask)
-    return mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    """A random filled shape cropped to its box: bool [h, w], size ~ 1/6..1/3 of the frame height,
+    redrawn until both sides are >= MIN_EXTENT of the frame height."""
+    min_side = max(2, int(np.ceil(MIN_EXTENT * split.height)))
+    while True:
+        size = int(split.height * rng.uniform(0.9, 1.6))
+        mask, _ = _shape_mask(rng, size)
+        ys, xs = np.nonzero(mask)
+        if len(ys) and min(np.ptp(ys), np.ptp(xs)) + 1 >= min_side:
+            return mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+
+
+def _object_texture(rng: np.random.Generator, h: int, w: int, background: np.ndarray) -> np.ndarray:
+    """`_texture` redrawn until its mean colour differs from `background` (float [3]) by >= MIN_CONTRAST."""
+    while True:
+        tex = _texture(rng, h, w)
+        if np.linalg.norm(tex.reshape(-1, 3).mean(0) - background) >= MIN_CONTRAST:
+            return tex
 
 
 def render_video(split: MotionSplit, index: int) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray], List[int]]:
@@ -79,6 +100,7 @@ def render_video(split: MotionSplit, index: int) -> Tuple[List[np.ndarray], List
     pan = rng.uniform(0.3, 1.0) * rng.choice([-1, 1])  # background pixels per frame
     world_w = w + int(np.ceil(abs(pan) * n)) + 2
     world = _texture(rng, h, world_w)
+    background = world.reshape(-1, 3).mean(0)
     world_ids = np.zeros((h, world_w), np.uint8)
     yy = np.arange(h, dtype=np.float32)[:, None]
     horizon = int(0.2 * h)  # rows above are sky (no depth return)
@@ -95,7 +117,7 @@ def render_video(split: MotionSplit, index: int) -> Tuple[List[np.ndarray], List
         region = (slice(y0, y0 + sh), slice(x0, x0 + sw))
         shape = shape[: h - y0, : world_w - x0]
         obj_id += 1
-        world[region][shape] = _texture(rng, *shape.shape)[shape]
+        world[region][shape] = _object_texture(rng, *shape.shape, background)[shape]
         world_ids[region][shape] = obj_id
         world_depth[region][shape] = rng.uniform(8, 30)
     movers = []
@@ -107,7 +129,7 @@ def render_video(split: MotionSplit, index: int) -> Tuple[List[np.ndarray], List
         angle = rng.uniform(0, 2 * np.pi)
         vel = speed * np.array([0.4 * np.sin(angle), np.cos(angle)])
         obj_id += 1
-        movers.append((obj_id, shape, _texture(rng, sh, sw), pos, vel, rng.uniform(5, 25)))
+        movers.append((obj_id, shape, _object_texture(rng, sh, sw, background), pos, vel, rng.uniform(5, 25)))
     frames, ids, depths = [], [], []
     for t in range(n):
         x = int(round(start + pan * t))
@@ -157,10 +179,15 @@ def motion_split_dir(name: str, root: Path) -> Tuple[Path, Path]:
 def generate_motion(name: str, root: Path) -> Path:
     """Write split `name` under `root/synthetic_motion` unless complete; return its index JSON.
 
-    Frames are written first and the index last (atomically), under a file lock.
+    Frames are written first and the index last (atomically), under a file lock. A split written
+    by another GENERATOR_VERSION or with other MotionSplit fields is written again.
     """
     split = MOTION_SPLITS[name]
     folder, index_path = motion_split_dir(name, root)
+    generator = {"version": GENERATOR_VERSION, **asdict(split)}
+    if index_path.exists() and json.loads(index_path.read_text()).get("generator") != generator:
+        logger.info("%s was generated by another generator version or split definition; generating it again", index_path)
+        index_path.unlink(missing_ok=True)
 
     def write() -> None:
         logger.info("Generating %s (%d videos) under %s", name, split.num_videos, folder)
@@ -176,6 +203,6 @@ def generate_motion(name: str, root: Path) -> Path:
                 atomic_write_bytes(folder / scene / "est_masks" / CAMERA / f"{stem}.png", _png_bytes(motion))
                 atomic_write_bytes(folder / scene / "depth" / CAMERA / f"{stem}.npz", _npz_bytes(dep))
             scenes.append({"scene": scene, "num_frames": split.num_frames, "moving_ids": [int(i) for i in moving]})
-        atomic_write_json(index_path, {"scenes": scenes, "intrinsics": _intrinsics(split), "camera": CAMERA})
+        atomic_write_json(index_path, {"generator": generator, "scenes": scenes, "intrinsics": _intrinsics(split), "camera": CAMERA})
 
     return write_once(index_path, write)

@@ -34,7 +34,7 @@ class _TeacherStudent(nn.Module):
         self.m = m
         channels = {"2d": 3, "3d": 4}
         self.students = nn.ModuleDict(
-            {k: SlotVideoNet(channels[k], m.ENCODER_WIDTH, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN, m.DECODER_DIM) for k in self.modalities}
+            {k: SlotVideoNet(channels[k], m.ENCODER_WIDTH, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN, m.DECODER_DIM, m.SLOT_ITERS, m.ENCODER_NORM) for k in self.modalities}
         )
         self.teachers = copy.deepcopy(self.students)
         for p in self.teachers.parameters():

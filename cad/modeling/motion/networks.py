@@ -1,11 +1,12 @@
 """DIOD's slot-attention video network (models/model_bg.py), one per modality.
 
 Frames -> ResNet-18-style encoder (stride 4, no max-pool, stride-1 late stages) -> ConvGRU over
-time -> soft position embedding -> slot attention (one iteration per frame, slots carried from
-frame to frame, the last slot is background) -> masks = attention; decoder on the attention-
+time -> soft position embedding -> slot attention (`slot_iters` iterations per frame, DIOD: 1; slots
+carried from frame to frame, the last slot is background) -> masks = attention; decoder on the attention-
 weighted slot map -> reconstruction of the input.
 """
-from typing import Dict, Tuple
+import math
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,26 +14,36 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 
-def _stage(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    """Encoder normalisation: "BN" (BatchNorm, DIOD) or "GN" (GroupNorm with gcd(32, C) groups:
+    per-image statistics, identical in training and evaluation and independent of the batch)."""
+    if kind == "BN":
+        return nn.BatchNorm2d
+    if kind == "GN":
+        return lambda c: nn.GroupNorm(math.gcd(32, c), c)
+    raise ValueError(f"unknown encoder norm '{kind}' (BN, GN)")
+
+
+def _stage(in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
     down = None
     if stride != 1 or in_ch != out_ch:
-        down = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-    return nn.Sequential(BasicBlock(in_ch, out_ch, stride, down), BasicBlock(out_ch, out_ch))
+        down = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), norm(out_ch))
+    return nn.Sequential(BasicBlock(in_ch, out_ch, stride, down, norm_layer=norm), BasicBlock(out_ch, out_ch, norm_layer=norm))
 
 
 class Encoder(nn.Module):
-    """ResNet-18 layout from scratch: conv 7x7/2, no max-pool, stages with strides (1, 2, 1, 1).
+    """ResNet-18 layout from scratch: conv 7x7/2, no max-pool, stages with strides (1, 2, 1, 1);
+    `norm` "BN" (DIOD) or "GN" (see `norm_layer`).
 
     [N, C_in, H, W] -> [N, 8*width, H/4, W/4].
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64):
+    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN"):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-        )
+        n = norm_layer(norm)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), n(width), nn.ReLU(inplace=True))
         self.layers = nn.Sequential(
-            _stage(width, width, 1), _stage(width, 2 * width, 2), _stage(2 * width, 4 * width, 1), _stage(4 * width, 8 * width, 1)
+            _stage(width, width, 1, n), _stage(width, 2 * width, 2, n), _stage(2 * width, 4 * width, 1, n), _stage(4 * width, 8 * width, 1, n)
         )
         self.out_channels = 8 * width
 
@@ -135,9 +146,10 @@ class SlotVideoNet(nn.Module):
     (= 1 - background slot) and recon [B, T, C, H, W]."""
 
     def __init__(self, in_channels: int = 3, width: int = 64, num_slots: int = 45, dim: int = 64, mlp_hidden: int = 128,
-                 decoder_hidden: int = 0):
+                 decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN"):
         super().__init__()
-        self.encoder = Encoder(in_channels, width)
+        self.slot_iters = slot_iters
+        self.encoder = Encoder(in_channels, width, norm)
         self.gru = ConvGRU(self.encoder.out_channels, dim, 2)
         self.pos = nn.Linear(4, dim)
         self.norm = nn.LayerNorm(dim)  # per token (DIOD normalises [HW, D] jointly: tied to resolution)
@@ -155,7 +167,8 @@ class SlotVideoNet(nn.Module):
         slots, _ = self.slot_attention(tokens[:, 0], self.slot_attention.initial_slots(b))  # pre-iteration on frame 0
         masks, slot_maps = [], []
         for i in range(t):
-            slots, attn = self.slot_attention(tokens[:, i], slots)
+            for _ in range(self.slot_iters):
+                slots, attn = self.slot_attention(tokens[:, i], slots)
             masks.append(attn)
             slot_maps.append(torch.einsum("bkn,bkd->bdn", attn, slots))
         masks = torch.stack(masks, 1).reshape(b, t, -1, h, w)
