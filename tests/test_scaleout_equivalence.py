@@ -55,7 +55,7 @@ GD_SSL = [
 MOTION = [
     "DATASETS.TRAIN", "('synthetic_motion_tiny_val',)", "DATASETS.TEST", "()",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100", "SEED", "0",
-    "CAD.MOTION.TEACHER_START_ITER", "1", "CAD.MOTION.EMA_KEEP_RATE", "0.5",
+    "CAD.MOTION.TEACHER_START_ITER", "1", "CAD.MOTION.EMA_KEEP_RATE", "0.5", "CAD.MOTION.ENCODER_NORM", "BN",
     "CAD.MOTION.INPUT_SIZE", "(32,64)", "CAD.MOTION.ENCODER_WIDTH", "4", "CAD.MOTION.SLOT_DIM", "8",
     "CAD.MOTION.MLP_HIDDEN", "8", "CAD.MOTION.DECODER_DIM", "4", "CAD.MOTION.NUM_SLOTS", "4",
     "CAD.MOTION.CROP_PROB", "0.0", "CAD.MOTION.FLIP_PROB", "0.0", "CAD.MOTION.COLOR_JITTER_PROB", "0.0",
@@ -88,7 +88,7 @@ SLOW = ["plain", "gd_stage1", "xmod"]
 # are equal by construction, up to float32 summation order), iteration-0 gradient, final
 # weights of SGD runs (relative_update_error; Adam's sign-like first steps amplify tiny
 # gradient differences on near-zero gradients, so for Adam runs only the gradient is compared).
-# DIOD/xMOD: the encoder's plain BatchNorm normalises over each process's own batch in training
+# DIOD/xMOD (ENCODER_NORM BN, the reference): the plain BatchNorm normalises over each process's own batch in training
 # (as the reference on N GPUs): measured 13.5 % gradient difference at iteration 0, exactly what
 # one process gives for batch 2 vs two batches of 1; "diod_frozen_bn" (BN in eval mode, test
 # only) removes it and must then match to float precision.
