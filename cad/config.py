@@ -229,6 +229,24 @@ def _add_ssl_config(cfg: CN) -> None:
     ssl.STRONG_BLUR_SIGMA = [0.1, 2.0]
 
 
+# Keys that take one of a fixed set of values; `check_choices` rejects anything else.
+CHOICES = {
+    "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
+    "CAD.MOTION.EVAL_NET": ("student", "teacher"),
+    "CAD.MOTION.XMOD_EVAL_OUTPUT": ("fused", "2d", "3d"),
+}
+
+
+def check_choices(cfg: CN) -> None:
+    """Raise ValueError naming the key and its allowed values when a `CHOICES` key has another value."""
+    for key, allowed in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value not in allowed:
+            raise ValueError(f"{key} is '{value}'; expected one of {', '.join(allowed)}")
+
+
 def _add_motion_config(cfg: CN) -> None:
     """DIOD / xMOD slot models (cad.modeling.motion, cad.distillation.motion)."""
     m = cfg.CAD.MOTION = CN()

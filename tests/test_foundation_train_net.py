@@ -75,6 +75,10 @@ def test_bad_config_key(tmp_path):
     _one_line_error(_train(tmp_path, "SOLVER.NO_SUCH_KEY", "1"), r"bad config .*SOLVER.NO_SUCH_KEY")
 
 
+def test_value_outside_its_choices(tmp_path):
+    _one_line_error(_train(tmp_path, "CAD.MOTION.ENCODER_NORM", "LN"), r"CAD.MOTION.ENCODER_NORM is 'LN'; expected one of BN, GN")
+
+
 def test_missing_dataset_dir(tmp_path):
     proc = _train(tmp_path, args=("--eval-only", "--test-dataset", "voc07_test"))
     _one_line_error(proc, r"dataset 'voc07_test': expected '.*VOC2007.*'.*DETECTRON2_DATASETS.*datasets/README.md")

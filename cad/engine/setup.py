@@ -7,7 +7,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
-from cad.config import add_cad_config
+from cad.config import add_cad_config, check_choices
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 
@@ -21,13 +21,15 @@ class ConfigError(ValueError):
 def build_cfg(args: argparse.Namespace) -> CfgNode:
     """Defaults + cad keys + `--config-file` + `--train/test-dataset` + trailing overrides.
 
-    Raises `ConfigError` (one line) for an unknown key or an unregistered dataset name.
+    Raises `ConfigError` (one line) for an unknown key, a value outside `cad.config.CHOICES` or an
+    unregistered dataset name.
     """
     cfg = get_cfg()
     add_cad_config(cfg)
     try:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(list(args.opts))
+        check_choices(cfg)
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {e.filename or args.config_file}") from e
     except (KeyError, ValueError, AssertionError) as e:

@@ -33,9 +33,13 @@ class _TeacherStudent(nn.Module):
         m = cfg.CAD.MOTION
         self.m = m
         channels = {"2d": 3, "3d": 4}
-        self.students = nn.ModuleDict(
-            {k: SlotVideoNet(channels[k], m.ENCODER_WIDTH, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN, m.DECODER_DIM, m.SLOT_ITERS, m.ENCODER_NORM) for k in self.modalities}
-        )
+        self.students = nn.ModuleDict({
+            k: SlotVideoNet(
+                channels[k], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
+                decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM,
+            )
+            for k in self.modalities
+        })
         self.teachers = copy.deepcopy(self.students)
         for p in self.teachers.parameters():
             p.requires_grad_(False)
