@@ -51,6 +51,27 @@ def test_objects_are_not_slivers_and_stand_out():
     assert min(np.linalg.norm(m - background) for m in means) >= MIN_CONTRAST
 
 
+def _camera_speed(ids: list, static_ids: range) -> float:
+    """Mean |x shift| per frame of the static shapes while fully visible and unoccluded (= camera pan)."""
+    shifts = []
+    for t in range(len(ids) - 1):
+        for i in static_ids:
+            a, b = ids[t] == i, ids[t + 1] == i
+            if a.sum() and a.sum() == b.sum():
+                shifts.append(abs(np.nonzero(b)[1].mean() - np.nonzero(a)[1].mean()))
+    return float(np.mean(shifts))
+
+
+@pytest.mark.parametrize("name, pan", [("synthetic_motion_crowded_val", (0.3, 1.0)), ("synthetic_motion_fastcam_val", (1.5, 3.0))])
+def test_crowded_splits_counts_and_camera(name, pan):
+    split = MOTION_SPLITS[name]
+    for v in range(4):
+        _, ids, _, moving = render_video(split, v)
+        num_static = min(moving) - 1  # static shapes get the first ids
+        assert 2 <= num_static <= 4 and 1 <= len(moving) <= 2
+        assert pan[0] - 0.5 <= _camera_speed(ids, range(1, num_static + 1)) <= pan[1] + 0.5
+
+
 def test_stale_synthetic_motion_is_regenerated(tmp_path):
     index = generate_motion("synthetic_motion_tiny_val", tmp_path)
     data = json.loads(index.read_text())

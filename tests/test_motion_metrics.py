@@ -7,12 +7,14 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from cad.evaluation.motion import (
+    MISS_CAUSES,
     FramePredictions,
     MotionEvaluator,
     adjusted_rand_index,
     clip_ari,
     contingency_table,
     frame_predictions,
+    miss_cause,
     voc_f1,
 )
 
@@ -72,19 +74,36 @@ def test_frame_predictions_iou_and_scores():
     np.testing.assert_allclose(fr.ious, [[3 / 4, 0.0], [1 / 4, 0.0]])
     np.testing.assert_allclose(fr.scores, [0.8, 0.8])
     assert fr.gt_moving.tolist() == [False, True]
+    # GT 1: slot 0 wins 3 of its 4 pixels, all on GT 1 -> "other" (split); GT 2: in the bg slot
+    assert [MISS_CAUSES[c] for c in fr.gt_cause] == ["other", "in_background"]
+
+
+def test_miss_cause_hand_counts():
+    # inter[k, g] = pixels of GT object g won by slot k; 3 slots, slot 2 = background.
+    inter = torch.tensor([[4, 3, 0], [1, 0, 0], [0, 1, 5]])
+    # GT 0 and GT 1 are both mostly in slot 0 (7 px): 3 (resp. 4) of its pixels lie on the other
+    # object, > 0.2 * 7 -> merged. GT 2 is mostly in the background slot.
+    assert miss_cause(inter, torch.tensor([7, 1, 20]), bg_slot=2).tolist() == [1, 1, 0]
+    # GT 0 is mostly in slot 0, which also has 2 px of GT 1: merged only if 2 > 0.2 * slot area.
+    inter = torch.tensor([[8, 2], [0, 3], [0, 0]])
+    assert miss_cause(inter, torch.tensor([12, 5, 3]), bg_slot=2).tolist() == [2, 2]  # 2 < 2.4: other
+    assert miss_cause(inter, torch.tensor([9, 5, 3]), bg_slot=2).tolist() == [1, 2]  # 2 > 1.8: merged
 
 
 def test_voc_f1_greedy_matching_and_threshold():
     # frame 0: two predictions on the same GT; the higher score takes it, the other is an FP.
-    f0 = FramePredictions(np.array([[0.9, 0.0], [0.6, 0.0]]), np.array([0.5, 0.9]), np.array([True, False]))
+    f0 = FramePredictions(np.array([[0.9, 0.0], [0.6, 0.0]]), np.array([0.5, 0.9]), np.array([True, False]), np.array([2, 1]))
     # frame 1: IoU exactly 0.5 -> FP with DIOD's strict ">", TP with xMOD's ">="
-    f1 = FramePredictions(np.array([[0.5]]), np.array([0.7]), np.array([False]))
+    f1 = FramePredictions(np.array([[0.5]]), np.array([0.7]), np.array([False]), np.array([0]))
     res = voc_f1([f0, f1], 0.5, strict=True)
     # sorted: (0.9, f0 p1 -> GT0 iou .6 TP), (0.7, f1 -> .5 not > .5 FP), (0.5, f0 p0 -> GT0 taken FP)
     assert res["precision"] == pytest.approx(1 / 3)
     assert res["recall"] == pytest.approx(1 / 3)
     assert res["f1"] == pytest.approx(1 / 3)
     assert res["recall_moving"] == 1.0 and res["recall_static"] == 0.0
+    # both static GTs are missed: one merged (f0), one in the background slot (f1); moving: none
+    assert res["missed_static_merged"] == 0.5 and res["missed_static_in_background"] == 0.5
+    assert res["missed_static_other"] == 0.0 and res["missed_moving_other"] == 0.0
     res = voc_f1([f0, f1], 0.5, strict=False)
     assert res["recall"] == pytest.approx(2 / 3) and res["precision"] == pytest.approx(2 / 3)
 

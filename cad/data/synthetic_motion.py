@@ -1,6 +1,7 @@
 """Deterministic generated videos: `synthetic_motion_{train,val}` in the TRI-PD layout.
 
-Each video shows textured shapes over a textured background that pans slowly (camera motion).
+Each video shows textured shapes over a textured background that pans (camera motion; slowly
+except in the `fastcam` splits).
 Static shapes are painted on the background and pan with it; moving shapes have their own
 velocity, bounce off the frame borders and occlude the static ones. Written per frame:
 
@@ -35,7 +36,9 @@ GENERATOR_VERSION = 2
 
 @dataclass(frozen=True)
 class MotionSplit:
-    """A generated split: `num_videos` videos of `num_frames` frames of `height`x`width`."""
+    """A generated split: `num_videos` videos of `num_frames` frames of `height`x`width`, with
+    `min_static`..`max_static` static and `min_moving`..`max_moving` moving shapes each, and a
+    camera that pans `min_pan`..`max_pan` pixels per frame."""
 
     name: str
     num_videos: int
@@ -47,11 +50,21 @@ class MotionSplit:
     max_static: int = 2
     min_moving: int = 1
     max_moving: int = 3
+    min_pan: float = 0.3
+    max_pan: float = 1.0
 
 
+_CROWDED = dict(min_static=2, max_static=4, min_moving=1, max_moving=2)
+_FAST_CAMERA = dict(min_pan=1.5, max_pan=3.0)
 MOTION_SPLITS = {
     "synthetic_motion_train": MotionSplit("train", num_videos=120, num_frames=20, seed=1),
     "synthetic_motion_val": MotionSplit("val", num_videos=12, num_frames=10, seed=20_000),
+    # Crowded scenes (2-4 static and 1-2 moving shapes): most objects are static and often touch.
+    # `fastcam`: the camera pans 1.5-3 px/frame, as fast as the moving shapes.
+    "synthetic_motion_crowded_train": MotionSplit("crowded_train", num_videos=120, num_frames=20, seed=1, **_CROWDED),
+    "synthetic_motion_crowded_val": MotionSplit("crowded_val", num_videos=12, num_frames=10, seed=20_000, **_CROWDED),
+    "synthetic_motion_fastcam_train": MotionSplit("fastcam_train", num_videos=120, num_frames=20, seed=1, **_CROWDED, **_FAST_CAMERA),
+    "synthetic_motion_fastcam_val": MotionSplit("fastcam_val", num_videos=12, num_frames=10, seed=20_000, **_CROWDED, **_FAST_CAMERA),
     # for tests
     "synthetic_motion_tiny_train": MotionSplit("tiny_train", num_videos=3, num_frames=6, seed=30_000, height=32, width=64),
     "synthetic_motion_tiny_val": MotionSplit("tiny_val", num_videos=2, num_frames=5, seed=40_000, height=32, width=64),
@@ -97,7 +110,7 @@ def render_video(split: MotionSplit, index: int) -> Tuple[List[np.ndarray], List
     """
     rng = np.random.default_rng([split.seed, index])
     h, w, n = split.height, split.width, split.num_frames
-    pan = rng.uniform(0.3, 1.0) * rng.choice([-1, 1])  # background pixels per frame
+    pan = rng.uniform(split.min_pan, split.max_pan) * rng.choice([-1, 1])  # background pixels per frame
     world_w = w + int(np.ceil(abs(pan) * n)) + 2
     world = _texture(rng, h, world_w)
     background = world.reshape(-1, 3).mean(0)

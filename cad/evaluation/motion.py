@@ -7,12 +7,15 @@
   non-background slot that wins at least one pixel is a prediction scored by its mean soft mask;
   all predictions are sorted by score and each takes its best-IoU ground truth of the same frame,
   a true positive when IoU > 0.5 and that ground truth is still free.
+- Error breakdown (ours, for diagnosis; not in DIOD): every ground-truth object that F1@50 misses
+  is counted as lost in the background slot, merged with other objects, or other (split, or its
+  slot spills into the background), separately for moving and static objects (`miss_cause`).
 All counting is vectorised (contingency tables by `bincount`).
 """
 import itertools
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -74,12 +77,32 @@ class FramePredictions:
     """Predictions of one frame matched against its ground truth.
 
     ious: float [P, G] IoU of every prediction with every GT object; scores: float [P];
-    gt_moving: bool [G] whether each GT object moves (for the per-category recalls).
+    gt_moving: bool [G] whether each GT object moves (for the per-category recalls);
+    gt_cause: int [G] what happens to each GT object (`miss_cause`), counted when F1@50 misses it.
     """
 
     ious: np.ndarray
     scores: np.ndarray
-    gt_moving: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    gt_moving: np.ndarray
+    gt_cause: np.ndarray
+
+
+MISS_CAUSES = ("in_background", "merged", "other")
+MERGE_SHARE = 0.2
+
+
+def miss_cause(inter: torch.Tensor, pred_area: torch.Tensor, bg_slot: int) -> torch.Tensor:
+    """Index into MISS_CAUSES for every GT object of one frame.
+
+    inter: [K, G] pixels of GT object g won by slot k (every slot, the background one included);
+    pred_area: [K] pixels won by each slot. The slot that wins most of an object's pixels decides:
+    the background slot -> "in_background"; an object slot with > MERGE_SHARE of its pixels on
+    other GT objects -> "merged"; otherwise "other". Returns int64 [G].
+    """
+    top = inter.argmax(0)
+    others = inter.sum(1)[top] - inter.gather(0, top[None])[0]
+    cause = torch.where(others > MERGE_SHARE * pred_area[top], 1, 2)
+    return torch.where(top == bg_slot, 0, cause).long()
 
 
 def frame_predictions(
@@ -110,7 +133,7 @@ def frame_predictions(
     scores = (sums / pred_area.clamp(min=1))[keep]
     moving = set(int(i) for i in moving_ids)
     gt_moving = np.array([int(i) in moving for i in gt_present.tolist()], dtype=bool)
-    return FramePredictions(ious.numpy(), scores.numpy(), gt_moving)
+    return FramePredictions(ious.numpy(), scores.numpy(), gt_moving, miss_cause(inter, pred_area, bg_slot).numpy())
 
 
 def voc_f1(frames: List[FramePredictions], iou_thresh: float = 0.5, strict: bool = True) -> Dict[str, float]:
@@ -118,7 +141,8 @@ def voc_f1(frames: List[FramePredictions], iou_thresh: float = 0.5, strict: bool
 
     Predictions of all frames are sorted by score; each takes its max-IoU GT in its own frame and
     is a TP when IoU > `iou_thresh` (`strict`, DIOD; >= with strict=False, xMOD) and that GT is
-    free. Also returns the recall of moving and of static GT objects from the same matching.
+    free. Also returns the recall of moving and of static GT objects from the same matching and,
+    per category, the share of its objects missed for each of MISS_CAUSES (`missed_static_merged`, ...).
     """
     order = sorted(
         ((s, f, p) for f, fr in enumerate(frames) for p, s in enumerate(fr.scores)), key=lambda t: -t[0]
@@ -144,6 +168,11 @@ def voc_f1(frames: List[FramePredictions], iou_thresh: float = 0.5, strict: bool
     out = {"precision": precision, "recall": recall, "f1": f1}
     out["recall_moving"] = float(all_taken[moving].mean()) if moving.any() else float("nan")
     out["recall_static"] = float(all_taken[~moving].mean()) if (~moving).any() else float("nan")
+    causes = np.concatenate([fr.gt_cause for fr in frames]) if frames else np.zeros(0, np.int64)
+    for name, sel in (("moving", moving), ("static", ~moving)):
+        for c, cause in enumerate(MISS_CAUSES):
+            missed = ~all_taken[sel] & (causes[sel] == c)
+            out[f"missed_{name}_{cause}"] = float(missed.mean()) if sel.any() else float("nan")
     return out
 
 
@@ -201,6 +230,7 @@ class MotionEvaluator(DatasetEvaluator):
             "recall_50": 100 * f1["recall"],
             "recall_50_moving": 100 * f1["recall_moving"],
             "recall_50_static": 100 * f1["recall_static"],
+            **{f"{k}_50": 100 * v for k, v in f1.items() if k.startswith("missed_")},
             "num_clips_ari": len(ari),
             "num_frames": len(frames),
         }
