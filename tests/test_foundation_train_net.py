@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from cad.engine.setup import ConfigError, check_weights
 from conftest import TINY_CONFIG, TINY_OPTS, run_tool
 
 
@@ -77,6 +78,32 @@ def test_bad_config_key(tmp_path):
 
 def test_value_outside_its_choices(tmp_path):
     _one_line_error(_train(tmp_path, "CAD.MOTION.ENCODER_NORM", "LN"), r"CAD.MOTION.ENCODER_NORM is 'LN'; expected one of BN, GN")
+
+
+def test_missing_weights(tmp_path):
+    proc = _train(tmp_path, "MODEL.WEIGHTS", str(tmp_path / "nope.pth"), args=("--eval-only",))
+    _one_line_error(proc, r"MODEL.WEIGHTS '.*nope.pth' not found")
+
+
+def test_visualize_live_model_with_missing_weights(tmp_path):
+    proc = run_tool("visualize.py", "--dataset", "synthetic_shapes_tiny_val", "--config-file", str(TINY_CONFIG),
+                    "--out", str(tmp_path / "vis"), *TINY_OPTS, "MODEL.WEIGHTS", str(tmp_path / "nope.pth"))
+    _one_line_error(proc, r"MODEL.WEIGHTS '.*nope.pth' not found")
+    assert not (tmp_path / "vis").exists()
+
+
+def test_check_weights_rules(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(ConfigError, match="not found"):
+        check_weights(missing)
+    check_weights("")  # random initialisation
+    check_weights("detectron2://ImageNetPretrained/MSRA/R-50.pkl")  # remote: Detectron2 resolves it
+    with pytest.raises(ConfigError, match="no weights given"):
+        check_weights("", required=True)
+    with pytest.raises(ConfigError, match="not found"):
+        check_weights(missing, str(tmp_path), resume=True)  # nothing to resume from
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    check_weights(missing, str(tmp_path), resume=True)  # --resume loads the last checkpoint instead
 
 
 def test_missing_dataset_dir(tmp_path):

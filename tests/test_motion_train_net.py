@@ -1,6 +1,7 @@
 """Two iterations of tools/train_net.py for the DIOD and xMOD synthetic configs (subprocess),
 with self-distillation starting at iteration 1, evaluation, and --resume restoring teacher+student."""
 import json
+import re
 
 import pytest
 import torch
@@ -31,3 +32,22 @@ def test_train_net_two_iterations(config, tmp_path):
     proc = run_tool("train_net.py", "--config-file", config, "--resume", "OUTPUT_DIR", str(out), *TINY, "SOLVER.MAX_ITER", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Starting training from iteration 2" in proc.stderr + proc.stdout
+
+
+def test_visualize_motion_strips_baselines_and_missing_weights(tmp_path):
+    config = "configs/DIOD/diod_synthetic.yaml"
+    out = tmp_path / "out"
+    assert run_tool("train_net.py", "--config-file", config, "OUTPUT_DIR", str(out), *TINY).returncode == 0
+    vis = run_tool("visualize_motion.py", "--config-file", config, "--weights", str(out / "model_final.pth"),
+                   "--num-clips", "1", "--out", str(tmp_path / "vis"), *TINY)
+    assert vis.returncode == 0, vis.stderr[-3000:]
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 1
+    base = run_tool("visualize_motion.py", "--config-file", config, "--baselines", *TINY)
+    assert base.returncode == 0, base.stderr[-3000:]
+    assert json.loads(base.stdout)["all_background"]["f1_50"] == 0.0
+    for weights in ((), ("--weights", str(tmp_path / "nope.pth"))):
+        proc = run_tool("visualize_motion.py", "--config-file", config, *weights, "--out", str(tmp_path / "none"), *TINY)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert re.search("no weights given" if not weights else "nope.pth' not found", errors[0])
+        assert not (tmp_path / "none").exists()

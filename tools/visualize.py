@@ -37,7 +37,7 @@ def main() -> int:
     import cad  # noqa: F401  (registers the splits and models)
     from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
     from cad.data.paths import DatasetMissingError
-    from cad.engine.setup import ConfigError, build_cfg
+    from cad.engine.setup import ConfigError, build_cfg, check_weights
     from cad.utils.visualize import render_ground_truth, render_predictions
 
     if args.dataset not in DatasetCatalog.list():
@@ -54,6 +54,7 @@ def main() -> int:
             from cad.engine.predict import predict_coco_results
 
             cfg = build_cfg(args)
+            check_weights(cfg.MODEL.WEIGHTS)
             results = predict_coco_results(cfg, args.dataset, args.num_images)
         else:
             results = args.results

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from cad.engine.setup import ConfigError, build_cfg
+from cad.engine.setup import ConfigError, build_cfg, check_weights
 
 
 def main() -> int:
@@ -26,6 +26,8 @@ def main() -> int:
     args = p.parse_args()
     try:
         cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, train_dataset="", test_dataset=args.dataset))
+        if not args.baselines:
+            check_weights(args.weights or cfg.MODEL.WEIGHTS, required=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

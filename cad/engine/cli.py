@@ -10,7 +10,7 @@ from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.engine.launch import launch
-from cad.engine.setup import ConfigError, build_cfg, check_trainable
+from cad.engine.setup import ConfigError, build_cfg, check_trainable, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         cfg = build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
         if not args.eval_only:
             check_trainable(cfg)
+        check_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.resume)
         if args.slurm:
             from cad.engine.slurm import submit
 

@@ -2,6 +2,7 @@
 import argparse
 import difflib
 import logging
+import os
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -89,4 +90,24 @@ def check_trainable(cfg: CfgNode) -> None:
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE {name} generates pseudo-labels and has no trainable parameters; "
             "run it with --eval-only (add CAD.EVAL_DUMP_TRAINING_JSON to write its pseudo-labels)"
+        )
+
+
+def check_weights(path: str, output_dir: str = "", resume: bool = False, required: bool = False) -> None:
+    """Raise `ConfigError` when the checkpoint `path` (MODEL.WEIGHTS) is a local file that does not
+    exist, unless `resume` finds a checkpoint in `output_dir` (which then replaces it).
+
+    Remote paths (`scheme://`) are left to Detectron2's PathManager. "" means random
+    initialisation, an error when `required`.
+    """
+    if resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        return
+    if not path:
+        if required:
+            raise ConfigError("no weights given: pass --weights PATH or MODEL.WEIGHTS PATH (a trained checkpoint)")
+        return
+    if "://" not in path and not os.path.isfile(path):
+        raise ConfigError(
+            f"MODEL.WEIGHTS '{path}' not found: train the stage that writes it first, or pass "
+            "MODEL.WEIGHTS PATH ('' for random initialisation)"
         )
