@@ -17,6 +17,7 @@ from cad.data.motion import (
     range_image_from_depth,
     range_image_from_points,
 )
+from cad.data.mapper import CadDatasetMapper, CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.data.synthetic_motion import (
     GENERATOR_VERSION, MIN_CONTRAST, MIN_EXTENT, MOTION_SPLITS, _object_texture, _shape, generate_motion, render_video,
@@ -91,6 +92,17 @@ def test_synthetic_loader_and_mapper(tmp_path):
     assert set(torch.unique(out["motion_masks"]).tolist()) <= {0, *train[0]["moving_ids"]}
     ev = MotionClipMapper(_cfg(), is_train=False)(val[0])
     assert ev["gt_masks"].shape == (5, 32, 64) and "range" not in ev
+
+
+def test_corrupt_frame_skipped_in_training_error_in_inference(tmp_path):
+    clip = load_synthetic_motion("synthetic_motion_tiny_val", tmp_path, clip_length=5)[0]
+    clip["frames"][2] = str(tmp_path / "broken.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    before = CadDatasetMapper.num_skipped
+    assert MotionClipMapper(_cfg(), is_train=True)(dict(clip)) is None
+    assert CadDatasetMapper.num_skipped == before + 1
+    with pytest.raises(CorruptImageError, match="broken.png"):
+        MotionClipMapper(_cfg(), is_train=False)(dict(clip))
 
 
 def test_drop_small_ids():

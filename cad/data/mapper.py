@@ -11,7 +11,21 @@ logger = logging.getLogger(__name__)
 
 
 class CorruptImageError(RuntimeError):
-    """An image file of a split that cannot be decoded."""
+    """An image file of a split that cannot be decoded (`file_name`)."""
+
+    def __init__(self, file_name: str, reason: object = ""):
+        super().__init__(f"cannot read image '{file_name}'" + (f": {reason}" if reason else ""))
+        self.file_name = file_name
+
+
+def skip_unreadable(file_name: str, reason: object) -> None:
+    """Training-time policy for an image that cannot be decoded: count it in
+    `CadDatasetMapper.num_skipped` and warn; the mapper then returns None and Detectron2's dataset
+    draws another item."""
+    CadDatasetMapper.num_skipped += 1
+    logger.warning(
+        "Skipping unreadable image '%s' (%s); %d skipped so far in this process", file_name, reason, CadDatasetMapper.num_skipped
+    )
 
 
 def is_readable_image(file_name: str) -> bool:
@@ -43,12 +57,8 @@ class CadDatasetMapper(DatasetMapper):
             if not file_name or is_readable_image(file_name):
                 raise
             if not self.is_train:
-                raise CorruptImageError(f"cannot read image '{file_name}': {e}") from e
-            CadDatasetMapper.num_skipped += 1
-            logger.warning(
-                "Skipping unreadable image '%s' (%s); %d skipped so far in this process",
-                file_name, e, CadDatasetMapper.num_skipped,
-            )
+                raise CorruptImageError(file_name, e) from e
+            skip_unreadable(file_name, e)
             return None
 
     def _transform_annotations(self, dataset_dict: Dict, transforms, image_shape) -> None:

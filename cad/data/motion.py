@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from cad.data.mapper import CorruptImageError, skip_unreadable
 from cad.data.paths import require
 from cad.data.synthetic_motion import MOTION_SPLITS, generate_motion, motion_split_dir
 
@@ -235,14 +236,14 @@ def register_motion_datasets(root: Path) -> None:
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
-        raise OSError(f"cannot read image '{path}'")
+        raise CorruptImageError(path)
     return img[:, :, ::-1]
 
 
 def _read_mask(path: str) -> np.ndarray:
     m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if m is None:
-        raise OSError(f"cannot read mask '{path}'")
+        raise CorruptImageError(path, "mask")
     return m if m.ndim == 2 else m[:, :, 0]
 
 
@@ -301,7 +302,18 @@ class MotionClipMapper:
             return range_image_from_points(velodyne_to_rect(pts, d["calib"]), np.asarray(d["calib"]["P_rect"]), *raw_hw)
         raise ValueError(f"video '{d['video']}' has no depth or velodyne data for the 3D branch")
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        """The mapped clip; in training, a clip with an unreadable frame or mask is skipped (None,
+        counted, warned); in inference it raises `CorruptImageError` naming the file."""
+        try:
+            return self._map(dataset_dict)
+        except CorruptImageError as e:
+            if not self.is_train:
+                raise
+            skip_unreadable(e.file_name, e)
+            return None
+
+    def _map(self, dataset_dict: Dict) -> Dict:
         d = dataset_dict
         n, T = len(d["frames"]), d.get("clip_length", self.clip_length)
         start = d["clip_start"] if d["clip_start"] >= 0 else random.randint(0, n - T)

@@ -4,7 +4,6 @@ The strong view is the weak view with photometric augmentations only (Guided Dis
 colour jitter, grayscale, Gaussian blur), so both views share the same geometry.
 """
 import copy
-import logging
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -15,9 +14,7 @@ from detectron2.data import transforms as T
 from PIL import Image, ImageFilter
 from torchvision import transforms as tvt
 
-from cad.data.mapper import CadDatasetMapper, is_readable_image
-
-logger = logging.getLogger(__name__)
+from cad.data.mapper import CadDatasetMapper, is_readable_image, skip_unreadable
 
 
 def build_mask2former_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
@@ -98,8 +95,7 @@ class WeakStrongMapper:
         except Exception as e:
             if is_readable_image(d["file_name"]):
                 raise
-            CadDatasetMapper.num_skipped += 1
-            logger.warning("Skipping unreadable image '%s' (%s)", d["file_name"], e)
+            skip_unreadable(d["file_name"], e)
             return None
         d.setdefault("height", image.shape[0])
         d.setdefault("width", image.shape[1])
