@@ -1,12 +1,19 @@
 """Test-wide setup: one torch thread, a private dataset root, helpers to run the tools."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 # Before cad is imported anywhere: cad registers its splits under $DETECTRON2_DATASETS.
-os.environ["DETECTRON2_DATASETS"] = os.environ.get("CAD_TEST_DATASETS") or tempfile.mkdtemp(prefix="cad-test-ds-")
+# A root the suite makes itself is removed when the run ends; $CAD_TEST_DATASETS is kept.
+if os.environ.get("CAD_TEST_DATASETS"):
+    os.environ["DETECTRON2_DATASETS"] = os.environ["CAD_TEST_DATASETS"]
+else:
+    os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="cad-test-ds-")
+    atexit.register(shutil.rmtree, os.environ["DETECTRON2_DATASETS"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
