@@ -88,6 +88,32 @@ def test_class_agnostic_coco_maps_every_category_and_keeps_score(tmp_path):
     assert MetadataCatalog.get("test_cls_agnostic_json").thing_classes == ["object"]
 
 
+def test_evaluator_reconverts_a_deleted_coco_cache(tmp_path):
+    """Detectron2 remembers the COCO-format cache path per process; a deleted cache is rebuilt."""
+    from cad.evaluation import build_evaluator
+
+    (tmp_path / "images").mkdir()
+    ann = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0}],
+        "categories": [{"id": 3, "name": "cat"}],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    register_class_agnostic_coco("test_deleted_gt_cache", tmp_path / "ann.json", tmp_path / "images", "COCO")
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    first, second = tmp_path / "eval1", tmp_path / "eval2"
+    build_evaluator(cfg, "test_deleted_gt_cache", str(first))
+    metadata = MetadataCatalog.get("test_deleted_gt_cache")
+    assert metadata.json_file == str(first / "test_deleted_gt_cache_coco_format.json")
+    build_evaluator(cfg, "test_deleted_gt_cache", str(second))  # cache still there: reused
+    assert metadata.json_file == str(first / "test_deleted_gt_cache_coco_format.json")
+    (first / "test_deleted_gt_cache_coco_format.json").unlink()
+    evaluator = build_evaluator(cfg, "test_deleted_gt_cache", str(second))
+    assert metadata.json_file == str(second / "test_deleted_gt_cache_coco_format.json")
+    assert evaluator._coco_api.getAnnIds() == [1]
+
+
 def _write_voc(root: Path) -> None:
     (root / "ImageSets" / "Main").mkdir(parents=True)
     (root / "Annotations").mkdir()

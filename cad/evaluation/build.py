@@ -1,9 +1,14 @@
 """Pick the evaluator of a split from its metadata `evaluator_type`."""
+import logging
+import os
+
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
+
+logger = logging.getLogger(__name__)
 
 EVALUATOR_REGISTRY = Registry("CAD_EVALUATOR")
 EVALUATOR_REGISTRY.__doc__ = """
@@ -29,6 +34,18 @@ def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     return COCOEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
 
+def forget_deleted_gt_cache(dataset_name: str) -> None:
+    """Detectron2's COCOEvaluator converts a split without a `json_file` to
+    `<output_dir>/<name>_coco_format.json` once per process and stores that path in the split's
+    metadata. When that file has since been deleted (an earlier output folder removed), drop the
+    path so that the next COCOEvaluator converts the split again instead of failing to open it."""
+    metadata = MetadataCatalog.get(dataset_name)
+    cached = metadata.get("json_file")
+    if cached and os.path.basename(cached) == f"{dataset_name}_coco_format.json" and not os.path.exists(cached):
+        logger.info("COCO-format cache %s of '%s' was deleted; converting the split again", cached, dataset_name)
+        del metadata.json_file
+
+
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """The evaluator of the split's `evaluator_type`, plus those of `CAD.EVAL_EXTRA_TYPES` and the
     training-JSON writer when `CAD.EVAL_DUMP_TRAINING_JSON` is set (then a split without an
@@ -43,6 +60,7 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
             f"no evaluator for dataset '{dataset_name}' (evaluator_type={unknown[0]!r}); "
             f"known types: {sorted(k for k, _ in EVALUATOR_REGISTRY)}"
         )
+    forget_deleted_gt_cache(dataset_name)
     evaluators = [EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_dir) for t in types]
     if dump:
         from cad.evaluation.training_json import TrainingJSONWriter, training_json_path
