@@ -11,11 +11,20 @@ logger = logging.getLogger(__name__)
 
 
 class CorruptImageError(RuntimeError):
-    """An image file of a split that cannot be decoded (`file_name`)."""
+    """An image file of a split that cannot be decoded; built by `CorruptImageError.of(file_name)`.
 
-    def __init__(self, file_name: str, reason: object = ""):
-        super().__init__(f"cannot read image '{file_name}'" + (f": {reason}" if reason else ""))
+    The constructor takes the message alone because an error raised in a DataLoader worker reaches
+    the main process rebuilt from its text (torch calls `CorruptImageError(text)`); `file_name` is
+    then empty.
+    """
+
+    def __init__(self, message: str, file_name: str = ""):
+        super().__init__(message)
         self.file_name = file_name
+
+    @classmethod
+    def of(cls, file_name: str, reason: object = "") -> "CorruptImageError":
+        return cls(f"cannot read image '{file_name}'" + (f": {reason}" if reason else ""), file_name)
 
 
 def skip_unreadable(file_name: str, reason: object) -> None:
@@ -57,7 +66,7 @@ class CadDatasetMapper(DatasetMapper):
             if not file_name or is_readable_image(file_name):
                 raise
             if not self.is_train:
-                raise CorruptImageError(file_name, e) from e
+                raise CorruptImageError.of(file_name, e) from e
             skip_unreadable(file_name, e)
             return None
 

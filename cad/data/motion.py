@@ -236,14 +236,14 @@ def register_motion_datasets(root: Path) -> None:
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
-        raise CorruptImageError(path)
+        raise CorruptImageError.of(path)
     return img[:, :, ::-1]
 
 
 def _read_mask(path: str) -> np.ndarray:
     m = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if m is None:
-        raise CorruptImageError(path, "mask")
+        raise CorruptImageError.of(path, "mask")
     return m if m.ndim == 2 else m[:, :, 0]
 
 

@@ -42,6 +42,16 @@ def train_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(e: Exception) -> str:
+    """The message of `e`. An error re-raised from a DataLoader worker carries the worker's
+    traceback ("Caught X in DataLoader worker process N. Original Traceback ..."), whose last line
+    is `module.X: message`: then only that message."""
+    text = str(e).strip()
+    if "\nOriginal Traceback" not in text:
+        return text
+    return text.splitlines()[-1].split(": ", 1)[-1]
+
+
 def run(argv: Optional[List[str]] = None) -> int:
     """Entry point of tools/train_net.py; returns the exit status."""
     args = train_argument_parser().parse_args(argv)
@@ -60,6 +70,6 @@ def run(argv: Optional[List[str]] = None) -> int:
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
     except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0
