@@ -323,3 +323,22 @@ def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, capl
     assert torch.equal(net.norm.weight, torch.ones(40, DIM)) and torch.equal(net.norm.bias, torch.zeros(40, DIM))
     assert torch.equal(net.encoder.stem[0].weight, sd["encoder_cnn.resnet.conv1.weight"])
     assert torch.equal(net.slot_attention.slots, sd["slot_attention.slots"])
+
+
+@pytest.mark.parametrize("name,official,eval_bn", [
+    ("DIOD/diod_tri_pd_burn_in.yaml", True, "batch"), ("DIOD/diod_tri_pd_ts.yaml", True, "batch"),
+    ("DIOD/diod_kitti_ts.yaml", True, "batch"), ("xMOD/xmod_tri_pd.yaml", True, "running"),
+    ("xMOD/xmod_kitti.yaml", True, "running"), ("DIOD/diod_synthetic.yaml", False, "running"),
+    ("xMOD/xmod_synthetic.yaml", False, "running"),
+])
+def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(name, official, eval_bn):
+    from cad.config import check_choices
+
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file(str(Path(__file__).parents[1] / "configs" / name))
+    check_choices(cfg)
+    m = cfg.CAD.MOTION
+    got = (m.INPUT_FORMAT, m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.TEACHER_BN_STATS, m.ENCODER_NORM)
+    assert got == (("BGR", "joint", True, 0, "official", "batch", "BN") if official else ("RGB", "token", False, 3, "cad", "running", "GN"))
+    assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == 0.5 and m.PIXEL_STD == 0.5
