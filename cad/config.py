@@ -232,6 +232,11 @@ def _add_ssl_config(cfg: CN) -> None:
 # Keys that take one of a fixed set of values; `check_choices` rejects anything else.
 CHOICES = {
     "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
+    "CAD.MOTION.INPUT_FORMAT": ("BGR", "RGB"),
+    "CAD.MOTION.TOKEN_NORM": ("joint", "token"),
+    "CAD.MOTION.INIT": ("official", "cad"),
+    "CAD.MOTION.EVAL_BN_STATS": ("batch", "running"),
+    "CAD.MOTION.TEACHER_BN_STATS": ("batch", "running"),
     "CAD.MOTION.EVAL_NET": ("student", "teacher"),
     "CAD.MOTION.XMOD_EVAL_OUTPUT": ("fused", "2d", "3d"),
 }
@@ -257,6 +262,11 @@ def _add_motion_config(cfg: CN) -> None:
     # Pixel normalisation: (x/255 - 0.5)/0.5 as in DIOD.
     m.PIXEL_MEAN = 0.5
     m.PIXEL_STD = 0.5
+    # Channel order the networks see: "BGR" (official: DIOD datasetPD.py / datasetPDEval.py and
+    # xMOD's dataloaders read frames with cv2.imread and never convert them; the colour
+    # augmentation is then applied to BGR tensors) or "RGB" (cad's earlier networks). The data
+    # mapper always yields RGB; the model flips the channels.
+    m.INPUT_FORMAT = "BGR"
     # Training augmentation shared by all frames: random resized crop (prob, area scale, fixed ratio).
     m.CROP_PROB = 0.4
     m.CROP_SCALE = (0.75, 1.0)
@@ -271,10 +281,31 @@ def _add_motion_config(cfg: CN) -> None:
     m.MIN_MASK_AREA = 50
     # Encoder: ResNet-18 layout; channels of the first stage (64 in the reference).
     m.ENCODER_WIDTH = 64
-    # Encoder normalisation: "BN" (DIOD; running statistics at evaluation, DIOD itself evaluates
-    # with batch statistics) or "GN" (GroupNorm: per-image statistics, the same in training, in
-    # the EMA teacher and in evaluation; the synthetic configs use it).
+    # Encoder normalisation: "BN" (DIOD) or "GN" (GroupNorm: per-image statistics, the same in
+    # training, in the EMA teacher and in evaluation; the synthetic configs use it).
     m.ENCODER_NORM = "BN"
+    # BatchNorm statistics at evaluation: "batch" = the statistics of the batch being evaluated
+    # (DIOD: evalPD_ARI.py / evalKITTI_ARI.py / the evaluation in trainPD_ts.py never call
+    # model.eval(), so each 5-frame TRI-PD chunk is normalised with its own statistics; the
+    # published numbers were measured that way) or "running" (eval-mode BN with the running
+    # statistics; xMOD eval/main_evaluation.py calls eval(), so the xMOD configs use it).
+    m.EVAL_BN_STATS = "batch"
+    # BatchNorm statistics of the teachers' forward pass during self-distillation: "batch" (DIOD
+    # trainPD_ts.py and xMOD train/trainer.py never put the teachers in eval mode) or "running".
+    m.TEACHER_BN_STATS = "batch"
+    # Tokens' LayerNorm before the slot attention: "joint" = over [h*w, D] together (DIOD
+    # model_bg.SlotAttentionAutoEncoder.LN: parameters [h*w, D], tied to INPUT_SIZE) or "token" =
+    # over D per token (cad's earlier networks; any input size).
+    m.TOKEN_NORM = "joint"
+    # Biases of the slot attention's q/k/v projections (DIOD model_bg.SlotAttention: nn.Linear with bias).
+    m.QKV_BIAS = True
+    # Kernel of the decoder's last transposed convolution; 0 = the number of output channels
+    # (xMOD model_bg.Decoder.conv6: 3 for RGB as DIOD, 4 for the range image); cad's earlier: 3.
+    m.DECODER_FINAL_KERNEL = 0
+    # Random initialisation: "official" (DIOD models/resnet.py kaiming-normal fan_out convolutions,
+    # initial slots N(mu, |N(0,1)|)) or "cad" (PyTorch defaults, sigma ~ U(0,1): cad's earlier
+    # draw, which the synthetic configs keep so that their measured results stay reproducible).
+    m.INIT = "official"
     # Number of slots (the last one is the background slot), slot size, slot MLP hidden size.
     m.NUM_SLOTS = 45
     m.SLOT_DIM = 64
@@ -313,3 +344,12 @@ def _add_motion_config(cfg: CN) -> None:
     # xMOD 3D augmentation: point-drop fraction and x/y/z jitter (xMOD PD: 0.4/0.4; KITTI: 0.1/0).
     m.POINT_DROP_PROB = 0.4
     m.POINT_JITTER_PROB = 0.4
+    # xMOD from official files: MODEL.WEIGHTS is the 2D checkpoint (DIOD's file or xMOD's
+    # epoch_*_2d.ckpt) and this is the 3D one (xMOD epoch_*_3d.ckpt), as xMOD's trainer takes
+    # checkpoint_path_2d and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
+    m.WEIGHTS_3D = ""
+    # Official checkpoint trained at another INPUT_SIZE (DIOD's KITTI run starts from the TRI-PD
+    # model; trainKITTI_ts.py load_model skips the shape-mismatched tensors): True re-initialises
+    # the resolution-tied LayerNorm over [h*w, D] (weight 1, bias 0, as a new nn.LayerNorm) and
+    # logs a warning naming it (a declared partial initialisation); False: loading fails.
+    m.RESET_RESOLUTION_TIED = False

@@ -12,7 +12,9 @@ from cad.distillation.motion import lr_factor
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, hungarian_match, mask_loss, masked_mse
 from cad.modeling.motion.meta_arch import DIOD, XMOD
-from cad.modeling.motion.networks import Encoder, SlotAttention, SlotVideoNet, norm_layer, position_grid
+from cad.modeling.motion.networks import (
+    BatchNorm2d, Encoder, SlotAttention, SlotVideoNet, bn_batch_statistics, norm_layer, position_grid,
+)
 from cad.modeling.motion.pseudo_labels import late_fusion, teacher_pseudo_labels
 
 torch.set_num_threads(1)
@@ -25,9 +27,39 @@ def test_slot_attention_shapes_and_softmax_over_slots():
     slots, attn = sa(inputs, sa.initial_slots(2))
     assert slots.shape == (2, 5, 16) and attn.shape == (2, 5, 30)
     torch.testing.assert_close(attn.sum(1), torch.ones(2, 30), atol=1e-6, rtol=0)
-    # the initial slots are a fixed buffer, saved in the state_dict, identical for every sample
-    assert "slots_init" in sa.state_dict() and not any(n == "slots_init" for n, _ in sa.named_parameters())
+    # the initial slots are a fixed buffer [1, K, D] (DIOD's `slots`), saved in the state_dict, identical for every sample
+    assert sa.state_dict()["slots"].shape == (1, 5, 16) and not any(n == "slots" for n, _ in sa.named_parameters())
     torch.testing.assert_close(sa.initial_slots(2)[0], sa.initial_slots(2)[1])
+    # checkpoints of earlier cad versions stored them as `slots_init` [K, D]
+    old = {("slots_init" if k == "slots" else k): (v[0] if k == "slots" else v) for k, v in sa.state_dict().items()}
+    fresh = SlotAttention(num_slots=5, dim=16, mlp_hidden=32)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.slots, sa.slots, rtol=0, atol=0)
+
+
+def test_batch_statistics_in_eval_mode_leave_running_statistics_alone():
+    torch.manual_seed(0)
+    bn = BatchNorm2d(3).eval()
+    x = torch.randn(4, 3, 5, 5) * 3 + 2
+    running = bn(x)
+    with bn_batch_statistics(bn, True):
+        batch = bn(x)
+    torch.testing.assert_close(batch, torch.nn.functional.batch_norm(x, None, None, training=True))
+    assert not torch.allclose(batch, running)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and int(bn.num_batches_tracked) == 0 and not bn.batch_stats
+
+
+def test_joint_layernorm_is_tied_to_the_input_size_and_xmod_range_decoder_kernel():
+    torch.manual_seed(0)
+    net = SlotVideoNet(4, width=4, num_slots=3, dim=8, mlp_hidden=8, input_size=(16, 24), token_norm="joint",
+                       qkv_bias=True, final_kernel=0)
+    assert net.norm.weight.shape == (4 * 6, 8) and net.slot_attention.to_q.bias.shape == (8,)
+    assert net.decoder.net[-1].weight.shape == (8, 4, 4, 4)  # xMOD: kernel = output channels
+    assert net(torch.randn(1, 2, 4, 16, 24))["recon"].shape == (1, 2, 4, 16, 24)
+    with pytest.raises(ValueError, match="built for 24 positions"):
+        net(torch.randn(1, 2, 4, 32, 24))
+    with pytest.raises(ValueError, match="needs the input size"):
+        SlotVideoNet(3, width=4, num_slots=3, dim=8, token_norm="joint")
 
 
 def test_slot_attention_permutation_equivariance():
@@ -57,7 +89,7 @@ def test_group_norm_encoder_is_batch_and_mode_independent():
     assert together.shape == (3, 64, 4, 6)
     torch.testing.assert_close(enc(x[1:2]), together[1:2], atol=1e-5, rtol=1e-5)  # no batch statistics
     torch.testing.assert_close(enc.eval()(x), together, atol=1e-5, rtol=1e-5)  # training == evaluation
-    assert isinstance(norm_layer("BN")(8), torch.nn.BatchNorm2d) and norm_layer("GN")(8).num_groups == 8
+    assert isinstance(norm_layer("BN")(8), BatchNorm2d) and norm_layer("GN")(8).num_groups == 8
     with pytest.raises(ValueError, match="unknown encoder norm"):
         norm_layer("LN")
 
@@ -185,6 +217,7 @@ def _tiny_cfg(arch: str):
     m = cfg.CAD.MOTION
     m.ENCODER_WIDTH, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN, m.DECODER_DIM = 4, 4, 8, 8, 4
     m.CLIP_LENGTH = 2
+    m.INPUT_SIZE = (16, 32)
     return cfg
 
 
@@ -208,3 +241,19 @@ def test_meta_arch_losses_distillation_and_inference(cls):
     model.eval()
     out = model(batch)
     assert out[0]["masks"].shape == (2, 4, 4, 8)
+
+
+def test_meta_arch_is_configurable_without_a_config():
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("DIOD")
+    args = DIOD.from_config(cfg)
+    assert set(args["loss_weights"]) == {"recon", "mask", "nll", "reg", "teacher"} and args["input_format"] == "BGR"
+    model = DIOD(**{**args, "input_format": "RGB", "eval_bn_batch_stats": False}).eval()
+    assert model.input_format == "RGB" and not hasattr(model, "m")
+    clip = torch.randint(0, 255, (2, 3, 16, 32), dtype=torch.uint8)
+    with torch.no_grad():  # an RGB network given the channel-flipped frames = the BGR model on the originals
+        rgb = model([{"image": clip.flip(1)}])[0]["masks"]
+        model.input_format = "BGR"
+        torch.testing.assert_close(model([{"image": clip}])[0]["masks"], rgb, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs networks for"):
+        XMOD(**{**args, "networks": args["networks"]})

@@ -1,5 +1,7 @@
-"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`)."""
+"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`) and the
+official checkpoint layouts `diod`, `xmod_2d`, `xmod_3d` (registered with cad.checkpoint)."""
+from cad.modeling.motion import checkpoint_layouts
 from cad.modeling.motion.meta_arch import DIOD, XMOD
 from cad.modeling.motion.networks import SlotAttention, SlotVideoNet
 
-__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet"]
+__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet", "checkpoint_layouts"]

@@ -1,50 +1,88 @@
-"""Registered meta-architectures `DIOD` and `XMOD` (META_ARCH_REGISTRY).
+"""Registered meta-architectures `DIOD` and `XMOD` (META_ARCH_REGISTRY), Detectron2 `@configurable`.
 
 Each holds its student network(s) and an EMA teacher per modality, so one checkpoint restores
 both. Until `start_distillation()` (called by cad.distillation.motion's trainer at
-CAD.MOTION.TEACHER_START_ITER) the model trains on motion masks alone (burn-in); afterwards the
-teachers filter the motion masks (mean teacher-fg >= 0.9, weight 1 + conf) and their pseudo-
-labels add the static objects.
+CAD.MOTION.TEACHER_START_ITER) the model trains on motion masks alone (burn-in; DIOD trainPD_ts.py
+before `--start_teacher`); afterwards the teachers filter the motion masks (mean teacher-fg >= 0.9,
+weight 1 + conf: trainPD_ts.computeWBCE_TS) and their pseudo-labels add the static objects.
 
-Inputs: list of dicts from `cad.data.motion.MotionClipMapper` (image uint8 [T, 3, H, W],
-motion_masks int [T, H, W] for training, range float [T, 4, H, W] for XMOD). Inference output per
-clip: {"masks": float [T, K, H/4, W/4], "fg": float [T, H/4, W/4]}.
+Inputs: list of dicts from `cad.data.motion.MotionClipMapper` (image uint8 [T, 3, H, W] RGB,
+motion_masks int [T, H, W] for training, range float [T, 4, H, W] for XMOD). The networks see the
+frames in `input_format` channel order: DIOD and xMOD read frames with cv2 and never convert them
+(datasetPD.py, datasetPDEval.py, xMOD dataloaders), so the official networks take BGR.
+Inference output per clip: {"masks": float [T, K, H/4, W/4], "fg": float [T, H/4, W/4]}.
 """
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, mask_loss, masked_mse, resize_ids
-from cad.modeling.motion.networks import SlotVideoNet
+from cad.modeling.motion.networks import SlotVideoNet, bn_batch_statistics
 from cad.modeling.motion.pseudo_labels import late_fusion, teacher_pseudo_labels
+
+CHANNELS = {"2d": 3, "3d": 4}
+
+
+def build_slot_network(cfg, modality: str) -> SlotVideoNet:
+    """One modality's `SlotVideoNet` from CAD.MOTION (see cad.config for each key)."""
+    m = cfg.CAD.MOTION
+    return SlotVideoNet(
+        CHANNELS[modality], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
+        decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM, input_size=tuple(m.INPUT_SIZE),
+        token_norm=m.TOKEN_NORM, qkv_bias=m.QKV_BIAS, final_kernel=m.DECODER_FINAL_KERNEL, official_init=m.INIT == "official",
+    )
 
 
 class _TeacherStudent(nn.Module):
-    """Shared parts: networks per modality (student + frozen EMA teacher), stage flag, losses."""
+    """Shared parts: networks per modality (student + frozen EMA teacher), stage flag, losses.
+
+    networks: modality ("2d" / "3d") -> student network; the teachers are deep copies.
+    loss_weights: recon, mask, nll, reg, teacher. augment: jitter (b, c, s, h), jitter_prob,
+    gray_prob, solarize_prob (student colour augmentation). eval_bn_batch_stats /
+    teacher_bn_batch_stats: BatchNorm with batch statistics in evaluation / in the teacher's
+    training forward (DIOD: both; xMOD evaluates in eval() mode, its teachers are never eval()).
+    """
 
     modalities: Tuple[str, ...] = ("2d",)
 
-    def __init__(self, cfg):
+    @configurable
+    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR", pixel_mean: float = 0.5,
+                 pixel_std: float = 0.5, augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
+                 min_pseudo_area: int = 10, eval_net: str = "student", eval_bn_batch_stats: bool = True,
+                 teacher_bn_batch_stats: bool = True, device: str = "cpu"):
         super().__init__()
-        m = cfg.CAD.MOTION
-        self.m = m
-        channels = {"2d": 3, "3d": 4}
-        self.students = nn.ModuleDict({
-            k: SlotVideoNet(
-                channels[k], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
-                decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM,
-            )
-            for k in self.modalities
-        })
+        if set(networks) != set(self.modalities):
+            raise ValueError(f"{type(self).__name__} needs networks for {self.modalities}, got {sorted(networks)}")
+        self.students = nn.ModuleDict({k: networks[k] for k in self.modalities})
         self.teachers = copy.deepcopy(self.students)
         for p in self.teachers.parameters():
             p.requires_grad_(False)
         self.register_buffer("distilling", torch.zeros((), dtype=torch.bool))
-        self.to(torch.device(cfg.MODEL.DEVICE))
+        self.input_format, self.pixel_mean, self.pixel_std = input_format, pixel_mean, pixel_std
+        self.augment, self.loss_weights = dict(augment), dict(loss_weights)
+        self.conf_thresh, self.min_pseudo_area, self.eval_net_name = conf_thresh, min_pseudo_area, eval_net
+        self.eval_bn_batch_stats, self.teacher_bn_batch_stats = eval_bn_batch_stats, teacher_bn_batch_stats
+        self.to(torch.device(device))
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        m = cfg.CAD.MOTION
+        return {
+            "networks": {k: build_slot_network(cfg, k) for k in cls.modalities},
+            "input_format": m.INPUT_FORMAT, "pixel_mean": m.PIXEL_MEAN, "pixel_std": m.PIXEL_STD,
+            "augment": {"jitter": tuple(m.COLOR_JITTER), "jitter_prob": m.COLOR_JITTER_PROB, "gray_prob": m.GRAYSCALE_PROB,
+                        "solarize_prob": m.SOLARIZE_PROB},
+            "loss_weights": {"recon": m.RECON_WEIGHT, "mask": m.MASK_WEIGHT, "nll": m.NLL_WEIGHT, "reg": m.REG_WEIGHT,
+                             "teacher": m.TEACHER_WEIGHT},
+            "conf_thresh": m.CONF_THRESH, "min_pseudo_area": m.MIN_PSEUDO_AREA, "eval_net": m.EVAL_NET,
+            "eval_bn_batch_stats": m.EVAL_BN_STATS == "batch", "teacher_bn_batch_stats": m.TEACHER_BN_STATS == "batch",
+            "device": cfg.MODEL.DEVICE,
+        }
 
     @property
     def device(self) -> torch.device:
@@ -52,7 +90,7 @@ class _TeacherStudent(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teachers.eval()  # teachers use running BN statistics (DIOD leaves them in train mode)
+        self.teachers.eval()  # no BN statistics updates; batch statistics via `teacher_bn_batch_stats`
         return self
 
     @torch.no_grad()
@@ -61,56 +99,64 @@ class _TeacherStudent(nn.Module):
         self.teachers.load_state_dict(self.students.state_dict())
         self.distilling.fill_(True)
 
-    def eval_net(self, modality: str) -> nn.Module:
-        return (self.teachers if self.m.EVAL_NET == "teacher" else self.students)[modality]
+    def _eval_forward(self, modality: str, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        net = (self.teachers if self.eval_net_name == "teacher" else self.students)[modality]
+        with bn_batch_statistics(net, self.eval_bn_batch_stats):
+            return net(x)
+
+    @torch.no_grad()
+    def _teacher_forward(self, modality: str, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        net = self.teachers[modality]
+        with bn_batch_statistics(net, self.teacher_bn_batch_stats):
+            return net(x)
 
     def _images(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """float [B, T, 3, H, W] in [0, 1]."""
-        return torch.stack([d["image"] for d in batched_inputs]).to(self.device).float() / 255
+        """float [B, T, 3, H, W] in [0, 1], in the networks' channel order (`input_format`)."""
+        images = torch.stack([d["image"] for d in batched_inputs]).to(self.device).float() / 255
+        return images.flip(2) if self.input_format == "BGR" else images
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.m.PIXEL_MEAN) / self.m.PIXEL_STD
+        return (x - self.pixel_mean) / self.pixel_std
 
     def _losses(self, modality: str, pred: Dict, target: torch.Tensor, motion: torch.Tensor,
                 motion_conf: Optional[torch.Tensor], teacher: Optional[Dict], recon) -> Dict[str, torch.Tensor]:
         """Losses of one student: recon, motion-mask WBCE (filtered by `motion_conf` when given), fg
         NLL/reg, and the pseudo-label loss of its own teacher's prediction `teacher`."""
-        m = self.m
+        w = self.loss_weights
         ids = resize_ids(motion, pred["masks"].shape[-2:])
-        l_mask, union = mask_loss(pred["masks"], ids, motion_conf, m.CONF_THRESH)
+        l_mask, union = mask_loss(pred["masks"], ids, motion_conf, self.conf_thresh)
         nll, reg = fg_losses(pred["fg"], union)
-        out = {"loss_recon": recon(pred["recon"], target), "loss_mask": m.MASK_WEIGHT * l_mask,
-               "loss_nll": m.NLL_WEIGHT * nll, "loss_reg": m.REG_WEIGHT * reg}
+        out = {"loss_recon": recon(pred["recon"], target), "loss_mask": w["mask"] * l_mask,
+               "loss_nll": w["nll"] * nll, "loss_reg": w["reg"] * reg}
         if teacher is not None:
-            pseudo = teacher_pseudo_labels(teacher["masks"], m.MIN_PSEUDO_AREA)
-            out["loss_teacher"] = m.TEACHER_WEIGHT * mask_loss(pred["masks"], pseudo, teacher["fg"], m.CONF_THRESH)[0]
+            pseudo = teacher_pseudo_labels(teacher["masks"], self.min_pseudo_area)
+            out["loss_teacher"] = w["teacher"] * mask_loss(pred["masks"], pseudo, teacher["fg"], self.conf_thresh)[0]
         suffix = "" if len(self.modalities) == 1 else f"_{modality}"
         return {k + suffix: v for k, v in out.items()}
 
     def _student_image(self, images: torch.Tensor) -> torch.Tensor:
-        m = self.m
-        return self._normalise(color_augment(images, m.COLOR_JITTER, m.COLOR_JITTER_PROB, m.GRAYSCALE_PROB, m.SOLARIZE_PROB))
+        """Colour augmentation on the frames in the networks' channel order (DIOD applies torchaug's
+        transforms to the BGR tensors), then normalisation."""
+        a = self.augment
+        return self._normalise(color_augment(images, a["jitter"], a["jitter_prob"], a["gray_prob"], a["solarize_prob"]))
 
 
 @META_ARCH_REGISTRY.register()
 class DIOD(_TeacherStudent):
-    """DIOD (CVPR'24): slot attention on RGB clips, motion-guided burn-in, then self-distillation."""
+    """DIOD (CVPR'24): slot attention on video clips, motion-guided burn-in, then self-distillation."""
 
     modalities = ("2d",)
 
     def forward(self, batched_inputs: List[Dict]):
         images = self._images(batched_inputs)
         if not self.training:
-            pred = self.eval_net("2d")(self._normalise(images))
+            pred = self._eval_forward("2d", self._normalise(images))
             return [{"masks": pred["masks"][i], "fg": pred["fg"][i]} for i in range(len(images))]
         motion = torch.stack([d["motion_masks"] for d in batched_inputs]).to(self.device)
         x = self._student_image(images)
         pred = self.students["2d"](x)
-        teacher = None
-        if bool(self.distilling):
-            with torch.no_grad():
-                teacher = self.teachers["2d"](self._normalise(images))
-        recon = lambda r, t: self.m.RECON_WEIGHT * nn.functional.mse_loss(r, t)  # noqa: E731
+        teacher = self._teacher_forward("2d", self._normalise(images)) if bool(self.distilling) else None
+        recon = lambda r, t: self.loss_weights["recon"] * nn.functional.mse_loss(r, t)  # noqa: E731
         return self._losses("2d", pred, x, motion, teacher["fg"] if teacher else None, teacher, recon)
 
 
@@ -118,9 +164,23 @@ class DIOD(_TeacherStudent):
 class XMOD(_TeacherStudent):
     """xMOD (CVPR'25): DIOD on RGB plus a second network on the 4-channel range image; with
     teachers, each modality's motion masks are filtered by the *other* modality's teacher fg and
-    its pseudo-labels come from its own teacher (as released); inference fuses both (IoU > 0.1)."""
+    its pseudo-labels come from its own teacher (xMOD train/losses.compute_loss, as released);
+    inference fuses both (eval/merging_strategies, IoU > 0.1)."""
 
     modalities = ("2d", "3d")
+
+    @configurable
+    def __init__(self, *, point_drop_prob: float = 0.4, point_jitter_prob: float = 0.4, recon_3d_weight: float = 1.0,
+                 fusion_iou: float = 0.1, eval_output: str = "fused", **kwargs):
+        super().__init__(**kwargs)
+        self.point_drop_prob, self.point_jitter_prob = point_drop_prob, point_jitter_prob
+        self.recon_3d_weight, self.fusion_iou, self.eval_output = recon_3d_weight, fusion_iou, eval_output
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        m = cfg.CAD.MOTION
+        return {**super().from_config(cfg), "point_drop_prob": m.POINT_DROP_PROB, "point_jitter_prob": m.POINT_JITTER_PROB,
+                "recon_3d_weight": m.RECON_3D_WEIGHT, "fusion_iou": m.FUSION_IOU, "eval_output": m.XMOD_EVAL_OUTPUT}
 
     def _ranges(self, batched_inputs: List[Dict]) -> torch.Tensor:
         return torch.stack([d["range"] for d in batched_inputs]).to(self.device).float()
@@ -128,28 +188,26 @@ class XMOD(_TeacherStudent):
     def forward(self, batched_inputs: List[Dict]):
         images, ranges = self._images(batched_inputs), self._ranges(batched_inputs)
         if not self.training:
-            p2 = self.eval_net("2d")(self._normalise(images))
-            p3 = self.eval_net("3d")(ranges)
+            p2 = self._eval_forward("2d", self._normalise(images))
+            p3 = self._eval_forward("3d", ranges)
             return [self._fused(p2, p3, i) for i in range(len(images))]
-        m = self.m
         motion = torch.stack([d["motion_masks"] for d in batched_inputs]).to(self.device)
-        x2, x3 = self._student_image(images), point_augment(ranges, m.POINT_DROP_PROB, m.POINT_JITTER_PROB)
+        x2, x3 = self._student_image(images), point_augment(ranges, self.point_drop_prob, self.point_jitter_prob)
         p2, p3 = self.students["2d"](x2), self.students["3d"](x3)
         t2 = t3 = None
         if bool(self.distilling):
-            with torch.no_grad():
-                t2, t3 = self.teachers["2d"](self._normalise(images)), self.teachers["3d"](ranges)
-        mse = lambda r, t: m.RECON_WEIGHT * nn.functional.mse_loss(r, t)  # noqa: E731
-        rec3 = lambda r, t: m.RECON_WEIGHT * m.RECON_3D_WEIGHT * masked_mse(r, t)  # noqa: E731
+            t2, t3 = self._teacher_forward("2d", self._normalise(images)), self._teacher_forward("3d", ranges)
+        w = self.loss_weights["recon"]
+        mse = lambda r, t: w * nn.functional.mse_loss(r, t)  # noqa: E731
+        rec3 = lambda r, t: w * self.recon_3d_weight * masked_mse(r, t)  # noqa: E731
         losses = self._losses("2d", p2, x2, motion, t3["fg"] if t3 else None, t2, mse)
         losses.update(self._losses("3d", p3, x3, motion, t2["fg"] if t2 else None, t3, rec3))
         return losses
 
     def _fused(self, p2: Dict, p3: Dict, i: int) -> Dict[str, torch.Tensor]:
-        which = self.m.XMOD_EVAL_OUTPUT
-        if which == "2d":
+        if self.eval_output == "2d":
             return {"masks": p2["masks"][i], "fg": p2["fg"][i]}
-        if which == "3d":
+        if self.eval_output == "3d":
             return {"masks": p3["masks"][i], "fg": p3["fg"][i]}
-        masks = torch.stack([late_fusion(a, b, self.m.FUSION_IOU) for a, b in zip(p2["masks"][i], p3["masks"][i])])
+        masks = torch.stack([late_fusion(a, b, self.fusion_iou) for a, b in zip(p2["masks"][i], p3["masks"][i])])
         return {"masks": masks, "fg": 1 - masks[:, -1]}

@@ -1,12 +1,22 @@
-"""DIOD's slot-attention video network (models/model_bg.py), one per modality.
+"""DIOD's slot-attention video network, one per modality (DIOD models/model_bg.py
+`SlotAttentionAutoEncoder`; xMOD models/model_bg.py is the same with C input/output channels).
 
-Frames -> ResNet-18-style encoder (stride 4, no max-pool, stride-1 late stages) -> ConvGRU over
-time -> soft position embedding -> slot attention (`slot_iters` iterations per frame, DIOD: 1; slots
-carried from frame to frame, the last slot is background) -> masks = attention; decoder on the attention-
-weighted slot map -> reconstruction of the input.
+Frames -> ResNet-18 encoder (DIOD models/resnet.py: stride 4, no max-pool, stride-1 layer3/layer4)
+-> 2-layer ConvGRU over time (models/ConvGRU.py) -> ReLU -> + soft position embedding
+(`SoftPositionEmbed`) -> LayerNorm -> Linear/ReLU/Linear -> slot attention (one pre-iteration on
+frame 0, then `slot_iters` iterations per frame, DIOD: 1; slots carried from frame to frame, the
+last slot is the background) -> masks = attention; the decoder reconstructs the input from the
+attention-weighted slot map.
+
+With `token_norm="joint"`, `qkv_bias=True`, `final_kernel=0` and BatchNorm this computes what the
+official network computes, and an official state dict loads one to one after the key renaming of
+`cad.modeling.motion.checkpoint_layouts`. The alternatives (per-token LayerNorm, bias-free
+projections, GroupNorm, a fixed 3x3 last decoder kernel, cad's earlier initialisation) are the
+options of earlier cad versions, kept for the synthetic configs.
 """
+import contextlib
 import math
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +24,39 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose evaluation mode can normalise with the current batch's statistics
+    (`batch_stats = True`) without touching the running statistics: DIOD's evaluation scripts
+    (evalPD_ARI.py, evalKITTI_ARI.py) and both repos' teachers never call `eval()`, so their
+    BatchNorm always uses the statistics of the batch it sees. Same state dict as nn.BatchNorm2d."""
+
+    batch_stats: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.batch_stats:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
+@contextlib.contextmanager
+def bn_batch_statistics(net: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, `net`'s BatchNorm layers in eval mode use batch statistics iff `enabled`."""
+    layers = [m for m in net.modules() if isinstance(m, BatchNorm2d)]
+    before = [m.batch_stats for m in layers]
+    for m in layers:
+        m.batch_stats = enabled
+    try:
+        yield
+    finally:
+        for m, b in zip(layers, before):
+            m.batch_stats = b
+
+
 def norm_layer(kind: str) -> Callable[[int], nn.Module]:
     """Encoder normalisation: "BN" (BatchNorm, DIOD) or "GN" (GroupNorm with gcd(32, C) groups:
     per-image statistics, identical in training and evaluation and independent of the batch)."""
     if kind == "BN":
-        return nn.BatchNorm2d
+        return BatchNorm2d
     if kind == "GN":
         return lambda c: nn.GroupNorm(math.gcd(32, c), c)
     raise ValueError(f"unknown encoder norm '{kind}' (BN, GN)")
@@ -32,13 +70,14 @@ def _stage(in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module
 
 
 class Encoder(nn.Module):
-    """ResNet-18 layout from scratch: conv 7x7/2, no max-pool, stages with strides (1, 2, 1, 1);
-    `norm` "BN" (DIOD) or "GN" (see `norm_layer`).
+    """ResNet-18 from scratch (DIOD models/resnet.py `ResNet._forward_impl`): conv 7x7/2, norm,
+    ReLU, no max-pool, stages with strides (1, 2, 1, 1); `norm` "BN" (DIOD) or "GN".
+    `official_init`: convolutions kaiming-normal (fan_out, relu) as `ResNet.__init__`.
 
-    [N, C_in, H, W] -> [N, 8*width, H/4, W/4].
+    [N, C_in, H, W] -> [N, 8*width, ceil(H/4), ceil(W/4)].
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN"):
+    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN", official_init: bool = False):
         super().__init__()
         n = norm_layer(norm)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), n(width), nn.ReLU(inplace=True))
@@ -46,14 +85,20 @@ class Encoder(nn.Module):
             _stage(width, width, 1, n), _stage(width, 2 * width, 2, n), _stage(2 * width, 4 * width, 1, n), _stage(4 * width, 8 * width, 1, n)
         )
         self.out_channels = 8 * width
+        if official_init:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
 
 
 class ConvGRU(nn.Module):
-    """Stacked convolutional GRU (3x3): gates (reset, update) from conv([x, h]), candidate from
-    conv([x, r*h]), h' = (1-z) h + z tanh(cand); zero initial state per clip.
+    """Stacked convolutional GRU (DIOD models/ConvGRU.py `ConvGRUCell`, 3x3, with biases): gates
+    (reset, update) = sigmoid(conv([x, h])) split in this order, candidate tanh(conv([x, r*h])),
+    h' = (1-z) h + z cand; zero initial state per clip. `gates[l]` / `cands[l]` are layer l's
+    `conv_gates` / `conv_can`.
 
     [B, T, C, h, w] -> last layer's states [B, T, hidden, h, w].
     """
@@ -81,33 +126,44 @@ class ConvGRU(nn.Module):
 
 
 def position_grid(h: int, w: int, device=None) -> torch.Tensor:
-    """Soft position grid [h*w, 4]: (y, x, 1-y, 1-x) with linspace(0, 1)."""
+    """Soft position grid [h*w, 4]: (y, x, 1-y, 1-x) with linspace(0, 1) (DIOD model_bg.build_grid)."""
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h, device=device), torch.linspace(0, 1, w, device=device), indexing="ij")
     grid = torch.stack([ys, xs], -1).reshape(h * w, 2)
     return torch.cat([grid, 1 - grid], -1)
 
 
 class SlotAttention(nn.Module):
-    """Slot attention (Locatello et al.) with DIOD's settings: softmax over slots (+eps),
-    weighted mean over inputs, GRUCell update, residual MLP, LayerNorms on inputs/slots/pre-MLP.
+    """Slot attention (Locatello et al.) as DIOD's model_bg.SlotAttention.get_attention: LayerNorms
+    on inputs/slots/pre-MLP, q/k/v projections (with biases in DIOD: `qkv_bias`), softmax over
+    slots (+eps), weighted mean over inputs, GRUCell update, residual MLP.
 
-    Initial slots are one N(mu, |sigma|) draw made at construction, stored as a buffer (the same
-    for every sample, saved in checkpoints).
+    The initial slots are one N(mu, sigma) draw made at construction, stored as the buffer `slots`
+    [1, K, D] (the same for every sample, saved in checkpoints). `official_init`: sigma = |N(0, 1)|
+    as DIOD; otherwise sigma ~ U(0, 1) (cad's earlier draw).
     """
 
-    def __init__(self, num_slots: int, dim: int, mlp_hidden: int = 128, eps: float = 1e-8):
+    def __init__(self, num_slots: int, dim: int, mlp_hidden: int = 128, eps: float = 1e-8, qkv_bias: bool = False,
+                 official_init: bool = False):
         super().__init__()
         self.num_slots, self.dim, self.eps, self.scale = num_slots, dim, eps, dim ** -0.5
-        mu, sigma = torch.randn(1, 1, dim), torch.rand(1, 1, dim)
-        self.register_buffer("slots_init", (mu + sigma.abs() * torch.randn(1, num_slots, dim))[0])
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        mu = torch.randn(1, 1, dim)
+        sigma = torch.randn(1, 1, dim).abs() if official_init else torch.rand(1, 1, dim)
+        self.register_buffer("slots", mu + sigma * torch.randn(1, num_slots, dim))
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
         self.gru = nn.GRUCell(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(inplace=True), nn.Linear(mlp_hidden, dim))
         self.norm_inputs, self.norm_slots, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # cad checkpoints before the official layout stored the initial slots as `slots_init` [K, D]
+        old = state_dict.pop(prefix + "slots_init", None)
+        if old is not None:
+            state_dict[prefix + "slots"] = old[None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def initial_slots(self, batch: int) -> torch.Tensor:
         """[batch, K, D] copies of the stored initial slots."""
-        return self.slots_init[None].expand(batch, -1, -1)
+        return self.slots.expand(batch, -1, -1)
 
     def forward(self, inputs: torch.Tensor, slots: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One iteration. inputs [B, N, D], slots [B, K, D] -> (slots [B, K, D], attn [B, K, N]);
@@ -123,44 +179,68 @@ class SlotAttention(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Six transposed convolutions (k4/s2, k5, k5, k4/s2, k5, k3) with ReLUs: [B, D, h, w] ->
-    [B, C, 4h, 4w], cropped to the input size; `hidden` channels in between (DIOD: hidden = D)."""
+    """DIOD model_bg.Decoder: six transposed convolutions (k4/s2/p1, k5/p2, k5/p2, k4/s2/p1, k5/p2,
+    k`final_kernel`/p1) with ReLUs in between: [B, D, h, w] -> [B, C, >=4h, >=4w], cropped to the
+    input size; `hidden` channels in between (DIOD: hidden = D). DIOD's last kernel is 3; xMOD's is
+    the number of output channels (3 for RGB, 4 for the range image): `final_kernel=0`."""
 
-    def __init__(self, dim: int, out_channels: int, hidden: int = 0):
+    def __init__(self, dim: int, out_channels: int, hidden: int = 0, final_kernel: int = 0):
         super().__init__()
         hidden = hidden or dim
         specs = [(4, 2, 1), (5, 1, 2), (5, 1, 2), (4, 2, 1), (5, 1, 2)]
         layers = []
         for i, (k, s, p) in enumerate(specs):
             layers += [nn.ConvTranspose2d(dim if i == 0 else hidden, hidden, k, s, p), nn.ReLU(inplace=True)]
-        layers.append(nn.ConvTranspose2d(hidden, out_channels, 3, 1, 1))
+        layers.append(nn.ConvTranspose2d(hidden, out_channels, final_kernel or out_channels, 1, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         return self.net(x)[..., : size[0], : size[1]]
 
 
+def feature_size(input_size: Tuple[int, int]) -> Tuple[int, int]:
+    """Encoder output (h, w) = (ceil(H/4), ceil(W/4)) (DIOD model_bg `dresolution`)."""
+    return math.ceil(input_size[0] / 4), math.ceil(input_size[1] / 4)
+
+
 class SlotVideoNet(nn.Module):
     """One modality's network. forward(x [B, T, C, H, W]) returns
     masks [B, T, K, H/4, W/4] (attention over slots, last = background), fg [B, T, H/4, W/4]
-    (= 1 - background slot) and recon [B, T, C, H, W]."""
+    (= 1 - background slot) and recon [B, T, C, H, W].
+
+    token_norm: "joint" = DIOD's LayerNorm over [h*w, D] jointly (its parameters are [h*w, D], tied
+    to `input_size`), "token" = LayerNorm over D per token (any input size). `official_init`: DIOD's
+    ResNet initialisation and slot draw (see `Encoder`, `SlotAttention`).
+    """
 
     def __init__(self, in_channels: int = 3, width: int = 64, num_slots: int = 45, dim: int = 64, mlp_hidden: int = 128,
-                 decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN"):
+                 decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN", *, input_size: Optional[Tuple[int, int]] = None,
+                 token_norm: str = "token", qkv_bias: bool = False, final_kernel: int = 3, official_init: bool = False):
         super().__init__()
         self.slot_iters = slot_iters
-        self.encoder = Encoder(in_channels, width, norm)
+        self.encoder = Encoder(in_channels, width, norm, official_init)
         self.gru = ConvGRU(self.encoder.out_channels, dim, 2)
         self.pos = nn.Linear(4, dim)
-        self.norm = nn.LayerNorm(dim)  # per token (DIOD normalises [HW, D] jointly: tied to resolution)
+        if token_norm == "joint":
+            if input_size is None:
+                raise ValueError("token_norm 'joint' needs the input size (its LayerNorm is over [h*w, D])")
+            h, w = feature_size(input_size)
+            self.norm = nn.LayerNorm([h * w, dim])
+        elif token_norm == "token":
+            self.norm = nn.LayerNorm(dim)
+        else:
+            raise ValueError(f"unknown token norm '{token_norm}' (joint, token)")
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-        self.slot_attention = SlotAttention(num_slots, dim, mlp_hidden)
-        self.decoder = Decoder(dim, in_channels, decoder_hidden)
+        self.slot_attention = SlotAttention(num_slots, dim, mlp_hidden, qkv_bias=qkv_bias, official_init=official_init)
+        self.decoder = Decoder(dim, in_channels, decoder_hidden, final_kernel)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         b, t, c, H, W = x.shape
         feats = self.encoder(x.reshape(b * t, c, H, W))
         h, w = feats.shape[-2:]
+        if len(self.norm.normalized_shape) == 2 and self.norm.normalized_shape[0] != h * w:
+            raise ValueError(f"input {H}x{W} gives {h}x{w} features; this network's LayerNorm over [h*w, D] "
+                             f"was built for {self.norm.normalized_shape[0]} positions (CAD.MOTION.INPUT_SIZE)")
         feats = F.relu(self.gru(feats.reshape(b, t, -1, h, w)))  # [B, T, D, h, w]
         tokens = feats.flatten(3).transpose(2, 3) + self.pos(position_grid(h, w, x.device))
         tokens = self.mlp(self.norm(tokens))  # [B, T, N, D]

@@ -1,0 +1,175 @@
+"""Official DIOD / xMOD checkpoint files as `cad.checkpoint` layouts.
+
+DIOD (trainPD_ts.py / trainKITTI_ts.py) saves `torch.save({'model_state_dict':
+nn.DataParallel(model).state_dict()})`: the student `SlotAttentionAutoEncoder` only, 170 tensors
+prefixed `module.` (on CUDA `slots_mu` / `slots_sigma` are not registered: `nn.Parameter(...)
+.to(device)` returns a plain tensor). xMOD (train/utils.save_checkpoint) saves one file per
+modality, `{'epoch': e, 'model_state_dict': ...}` (epoch_*_2d.ckpt: the same network as DIOD;
+epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
+
+- ``diod``:    DIOD's file (3 input channels, no 'epoch').
+- ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch').
+- ``xmod_3d``: xMOD's 3D file (4 input channels); it initialises the XMOD meta-architecture's 3D
+  network through CAD.MOTION.WEIGHTS_3D, next to a 2D file in MODEL.WEIGHTS (xMOD's trainer takes
+  checkpoint_path_2d and checkpoint_path_3d the same way).
+
+`to_cad` returns the full state dict of cad's DIOD / XMOD model: each network's weights go to
+both the student and the EMA teacher (DIOD's TS run and xMOD's `_load_teacher_checkpoints` load
+both from the same file) and `distilling` is False (cad's trainer starts distillation at
+CAD.MOTION.TEACHER_START_ITER by copying the student, i.e. the same weights).
+"""
+import logging
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from detectron2.utils.file_io import PathManager
+
+from cad.checkpoint.layouts import Layout, StateDict, register_layout
+from cad.modeling.motion.networks import feature_size, position_grid
+
+logger = logging.getLogger(__name__)
+
+# official name (without `module.`) -> cad name inside one `SlotVideoNet`
+_RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
+    (r"encoder_cnn\.resnet\.conv1\.(.+)", lambda m: f"encoder.stem.0.{m[1]}"),
+    (r"encoder_cnn\.resnet\.bn1\.(.+)", lambda m: f"encoder.stem.1.{m[1]}"),
+    (r"encoder_cnn\.resnet\.layer([1-4])\.(.+)", lambda m: f"encoder.layers.{int(m[1]) - 1}.{m[2]}"),
+    (r"encoder_cnn\.convGRU\.cell_list\.(\d+)\.conv_gates\.(.+)", lambda m: f"gru.gates.{m[1]}.{m[2]}"),
+    (r"encoder_cnn\.convGRU\.cell_list\.(\d+)\.conv_can\.(.+)", lambda m: f"gru.cands.{m[1]}.{m[2]}"),
+    (r"encoder_cnn\.encoder_pos\.embedding\.(.+)", lambda m: f"pos.{m[1]}"),
+    (r"decoder\.conv([1-6])\.(.+)", lambda m: f"decoder.net.{2 * (int(m[1]) - 1)}.{m[2]}"),
+    (r"fc1\.(.+)", lambda m: f"mlp.0.{m[1]}"),
+    (r"fc2\.(.+)", lambda m: f"mlp.2.{m[1]}"),
+    (r"LN\.(.+)", lambda m: f"norm.{m[1]}"),
+    (r"slot_attention\.fc1\.(.+)", lambda m: f"slot_attention.mlp.0.{m[1]}"),
+    (r"slot_attention\.fc2\.(.+)", lambda m: f"slot_attention.mlp.2.{m[1]}"),
+    (r"slot_attention\.norm_input\.(.+)", lambda m: f"slot_attention.norm_inputs.{m[1]}"),
+    (r"slot_attention\.norm_pre_ff\.(.+)", lambda m: f"slot_attention.norm_mlp.{m[1]}"),
+    (r"slot_attention\.((?:to_[qkv]|gru|norm_slots)\..+|slots)", lambda m: f"slot_attention.{m[1]}"),
+]
+_GRID = "encoder_cnn.encoder_pos.grid"
+# registered only when the official model is built on the CPU; its forward never reads them
+_UNUSED = ("slot_attention.slots_mu", "slot_attention.slots_sigma")
+_CONV1 = "encoder_cnn.resnet.conv1.weight"
+
+
+def official_state(obj: Any) -> Optional[StateDict]:
+    """The network state dict of an official DIOD/xMOD file object without `module.`, or None."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("model_state_dict"), dict):
+        return None
+    sd = obj["model_state_dict"]
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if not isinstance(sd.get(_CONV1), torch.Tensor) or sd[_CONV1].dim() != 4:
+        return None
+    return sd
+
+
+def _in_channels(obj: Any) -> int:
+    sd = official_state(obj)
+    return -1 if sd is None else int(sd[_CONV1].shape[1])
+
+
+def official_to_cad(sd: StateDict) -> StateDict:
+    """Rename one official `SlotAttentionAutoEncoder` state dict (no `module.`) to cad's
+    `SlotVideoNet` names. The position-grid buffer is checked against `position_grid` and dropped
+    (cad computes it); unknown keys raise ValueError."""
+    out = {}
+    for key, value in sd.items():
+        if key in _UNUSED:
+            continue
+        if key == _GRID:
+            _, h, w, _ = value.shape
+            if not torch.allclose(value.float().reshape(h * w, 4), position_grid(h, w), atol=1e-6):
+                raise ValueError(f"'{_GRID}' is not the linspace(0, 1) position grid of a {h}x{w} feature map")
+            continue
+        for pattern, rename in _RENAMES:
+            m = re.fullmatch(pattern, key)
+            if m:
+                out[rename(m)] = value
+                break
+        else:
+            raise ValueError(f"unexpected key '{key}' in an official DIOD/xMOD checkpoint")
+    return out
+
+
+def _check_cfg(cfg) -> None:
+    m = cfg.CAD.MOTION
+    wrong = [f"{k} {getattr(m, k)} (official: {v})" for k, v in
+             (("TOKEN_NORM", "joint"), ("QKV_BIAS", True), ("ENCODER_NORM", "BN")) if getattr(m, k) != v]
+    if wrong:
+        raise ValueError("an official DIOD/xMOD checkpoint needs the official network; CAD.MOTION has " + ", ".join(wrong))
+
+
+def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
+    """The LayerNorm over [h*w, D] at CAD.MOTION.INPUT_SIZE: re-initialised (weight 1, bias 0) when
+    the file was trained at another size and CAD.MOTION.RESET_RESOLUTION_TIED is set, else error."""
+    h, w = feature_size(tuple(cfg.CAD.MOTION.INPUT_SIZE))
+    shape = net["norm.weight"].shape
+    if shape[0] == h * w:
+        return net
+    if not cfg.CAD.MOTION.RESET_RESOLUTION_TIED:
+        raise ValueError(f"{source}: its LayerNorm over [h*w, D] has {shape[0]} positions, CAD.MOTION.INPUT_SIZE "
+                         f"{tuple(cfg.CAD.MOTION.INPUT_SIZE)} gives {h * w}; set CAD.MOTION.RESET_RESOLUTION_TIED True "
+                         "to start it anew (DIOD's KITTI run does)")
+    logger.warning("%s: partial initialisation (CAD.MOTION.RESET_RESOLUTION_TIED): norm.weight, norm.bias %s -> "
+                   "[%d, %d] re-initialised to 1, 0; the other tensors loaded", source, list(shape), h * w, shape[1])
+    return {**net, "norm.weight": torch.ones(h * w, shape[1]), "norm.bias": torch.zeros(h * w, shape[1])}
+
+
+def _network(obj: Any, cfg, source: str) -> StateDict:
+    net = official_to_cad(official_state(obj))
+    if cfg is not None:
+        _check_cfg(cfg)
+        net = _fit_resolution(net, cfg, source)
+    return net
+
+
+def _student_and_teacher(modality: str, net: StateDict) -> StateDict:
+    out = {f"students.{modality}.{k}": v for k, v in net.items()}
+    out.update({f"teachers.{modality}.{k}": v.clone() for k, v in net.items()})
+    return out
+
+
+def _load_3d(cfg) -> StateDict:
+    path = cfg.CAD.MOTION.WEIGHTS_3D
+    if not path:
+        raise ValueError("XMOD from an official 2D checkpoint also needs xMOD's 3D checkpoint in CAD.MOTION.WEIGHTS_3D")
+    local = PathManager.get_local_path(path)
+    if not os.path.isfile(local):
+        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' not found")
+    obj = torch.load(local, map_location="cpu", weights_only=True)
+    if _in_channels(obj) != 4:
+        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' is not an xMOD 3D checkpoint (epoch_*_3d.ckpt)")
+    return _network(obj, cfg, path)
+
+
+def rgb_to_cad(obj: Any, cfg) -> StateDict:
+    """A 3-channel official file (DIOD, xMOD 2D) -> the full DIOD or XMOD state dict."""
+    arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "DIOD"
+    out = _student_and_teacher("2d", _network(obj, cfg, "MODEL.WEIGHTS"))
+    if arch == "XMOD":
+        out.update(_student_and_teacher("3d", _load_3d(cfg)))
+    elif arch != "DIOD":
+        raise ValueError(f"an official DIOD/xMOD checkpoint cannot initialise MODEL.META_ARCHITECTURE {arch}")
+    out["distilling"] = torch.zeros((), dtype=torch.bool)
+    return out
+
+
+def range_to_cad(obj: Any, cfg) -> StateDict:
+    raise ValueError("this is xMOD's 3D-branch checkpoint: give it as CAD.MOTION.WEIGHTS_3D, with the 2D one "
+                     "(DIOD's file or xMOD's epoch_*_2d.ckpt) as MODEL.WEIGHTS and MODEL.META_ARCHITECTURE XMOD")
+
+
+LAYOUTS: Dict[str, Layout] = {
+    layout.name: register_layout(layout) for layout in (
+        Layout("diod", lambda o: _in_channels(o) == 3 and "epoch" not in o, rgb_to_cad,
+               "DIOD trainPD_ts.py / trainKITTI_ts.py {'model_state_dict': DataParallel state dict} (student only)"),
+        Layout("xmod_2d", lambda o: _in_channels(o) == 3 and "epoch" in o, rgb_to_cad,
+               "xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)"),
+        Layout("xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
+               "xMOD epoch_*_3d.ckpt (4-channel range network): use as CAD.MOTION.WEIGHTS_3D"),
+    )
+}
