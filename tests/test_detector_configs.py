@@ -10,7 +10,7 @@ from cad.engine.setup import adapt_to_device
 from cad.modeling.roi_heads import PseudoLabelCascadeROIHeads, PseudoLabelFastRCNNOutputLayers
 
 REPO = Path(__file__).resolve().parents[1]
-# The detectors; maskcut_*/votecut_* are the pseudo-label meta-architectures (tests/test_metaarch_*).
+# The detectors; maskcut_*/votecut_* are the pseudo-label meta-architectures (tests/test_pseudo_labelers_*).
 CONFIGS = sorted(p for p in (REPO / "configs").glob("Cu*LER/*.yaml") if not p.name.startswith(("maskcut_", "votecut_")))
 
 

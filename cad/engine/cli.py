@@ -15,7 +15,7 @@ from cad.engine.setup import ConfigError, build_cfg, check_trainable, check_weig
 logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
-  tools/train_net.py --config-file configs/Foundation/mask_rcnn_R_18_FPN_synthetic.yaml
+  tools/train_net.py --config-file configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic.yaml
   tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
   tools/train_net.py --config-file CFG --num-gpus 8 --slurm --partition gpu --nodes 2 --job-dir jobs/run1
 """

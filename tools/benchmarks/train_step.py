@@ -3,9 +3,9 @@
 
 Example (the figures in the README):
   tools/benchmarks/train_step.py --threads 1 2 \
-      configs/Foundation/mask_rcnn_R_18_FPN_synthetic.yaml \
-      configs/Foundation/mask_rcnn_R_50_FPN_synthetic.yaml \
-      configs/Foundation/cascade_mask_rcnn_R_18_FPN_synthetic.yaml
+      configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic.yaml \
+      configs/MaskRCNN/mask_rcnn_R_50_FPN_synthetic.yaml \
+      configs/MaskRCNN/cascade_mask_rcnn_R_18_FPN_synthetic.yaml
 Each (config, threads) pair runs in a fresh process so peak memory is per run.
 """
 import argparse

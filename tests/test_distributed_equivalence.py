@@ -3,7 +3,7 @@
 One module fixture runs every trainer for a few iterations in this process (1 process, batch 2)
 and then all of them again in ONE 2-process launch (batch 1 per process, the same
 `cad.engine.launch.launch` that `tools/train_net.py --num-gpus 2` uses), recording per rank the
-losses, the image ids drawn, the weights and the teacher (tests/scaleout_harness.py).
+losses, the image ids drawn, the weights and the teacher (tests/distributed_harness.py).
 
 Legitimate sources of difference, and how they are controlled:
 - per-process RNG (seeds are SEED + rank): flips and photometric/point augmentations off,
@@ -30,7 +30,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from cad.engine.cli import train_argument_parser
 from cad.engine.launch import launch
 from conftest import REPO, TINY_CONFIG, TINY_OPTS
-from scaleout_harness import load_records, max_abs_diff, record_runs, relative_error, relative_update_error
+from distributed_harness import load_records, max_abs_diff, record_runs, relative_error, relative_update_error
 
 # R-CNN: every anchor and every proposal is used (no random subsampling), no flips, no test set.
 RCNN = TINY_OPTS + [

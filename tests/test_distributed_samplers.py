@@ -1,7 +1,7 @@
 """The training loaders cad builds (GD labeled + unlabeled, DIOD/xMOD clips) shard each epoch:
 with W processes, every image/clip is drawn exactly once across ranks. Ranks are simulated in
 this process (Detectron2's comm patched), the mappers replaced by the identity so only the
-sampling is exercised; the real 2-process runs in test_scaleout_equivalence.py check the same
+sampling is exercised; the real 2-process runs in test_distributed_equivalence.py check the same
 per iteration."""
 import pytest
 from detectron2.data import build as d2_build

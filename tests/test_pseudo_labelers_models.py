@@ -101,7 +101,7 @@ def test_bad_weights_fail_at_build_time():
 def test_check_trainable():
     with pytest.raises(ConfigError, match="MaskCut generates pseudo-labels.*--eval-only"):
         check_trainable(_cfg("CutLER/maskcut_synthetic.yaml"))
-    check_trainable(_cfg("Foundation/mask_rcnn_R_18_FPN_synthetic.yaml"))  # a detector trains
+    check_trainable(_cfg("MaskRCNN/mask_rcnn_R_18_FPN_synthetic.yaml"))  # a detector trains
 
 
 def _inputs(image_rgb: np.ndarray, fmt: str, image_id: int = 3):
