@@ -32,7 +32,7 @@ from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
 from cad.distillation.ema import ema_update, teacher_decay, unwrap
-from cad.distillation.gd_checkpoints import GD_STAGE1, GD_STAGE2, TEACHER, member_state
+from cad.distillation.gd_checkpoints import GD_STAGE1, GD_STAGE2, TEACHER, load_strict, member_state
 from cad.engine.setup import check_teacher_checkpoint
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, build_ddp_model
 from cad.modeling.mask2former.solver import build_mask2former_optimizer
@@ -220,21 +220,6 @@ def teacher_state(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointLayoutError(f"SSL.TEACHER_CKPT '{path}' holds no Mask2Former state dict")
     return dict(model)
-
-
-def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `module`; one-line `CheckpointLayoutError` naming the first missing,
-    unexpected or mis-shaped keys on any mismatch."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise CheckpointLayoutError(
-            f"{source} does not match the model: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} wrong shapes {wrong[:3]}"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 @TRAINER_REGISTRY.register()
