@@ -26,7 +26,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from cad.backbones.vit import build_vit
+from cad.backbones.d2_backbone import vit_from_cfg
 
 __all__ = ["GDDinoV2Backbone"]
 
@@ -73,16 +73,8 @@ class GDDinoV2Backbone(Backbone):
 
 
 def _build(cfg, arch: str) -> GDDinoV2Backbone:
-    vit_cfg = cfg.CAD.VIT
-    overrides = {
-        key: value
-        for key, value in (("depth", vit_cfg.DEPTH), ("embed_dim", vit_cfg.EMBED_DIM), ("num_heads", vit_cfg.NUM_HEADS))
-        if value
-    }
-    if vit_cfg.DROP_PATH_RATE:
-        overrides["drop_path_rate"] = vit_cfg.DROP_PATH_RATE
     # timm's ViT has no `mask_token`, which the official backbone deletes from the hub model.
-    return GDDinoV2Backbone(build_vit(arch, vit_cfg.WEIGHTS or None, **overrides))
+    return GDDinoV2Backbone(vit_from_cfg(cfg, arch))
 
 
 @BACKBONE_REGISTRY.register()
