@@ -30,7 +30,7 @@ def test_two_stages_resume_and_eval(tmp_path):
     _train_net(["--config-file", str(CFG / "mask2former_tiny_synthetic_teacher.yaml"), *TINY,
                 "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(t_out)], data)
     stage1 = torch.load(t_out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert any(k.startswith("predictor.") for k in stage1)
+    assert any(k.startswith("sem_seg_head.predictor.") for k in stage1)
 
     student_cfg = ["--config-file", str(CFG / "mask2former_tiny_synthetic_student.yaml")]
     student_opts = [*TINY,
@@ -39,13 +39,14 @@ def test_two_stages_resume_and_eval(tmp_path):
     _train_net([*student_cfg, *student_opts, "SOLVER.MAX_ITER", "2"], data)
     ckpt = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
     keys = ckpt["model"].keys()
-    assert any(k.startswith("teacher.") for k in keys) and any(k.startswith("student.") for k in keys)
+    # the official EnsembleTSModel names: official and cad stage-2 files interchange
+    assert {k.split(".", 1)[0] for k in keys} == {"modelTeacher", "modelStudent"}
     assert ckpt["iteration"] == 1 and "optimizer" in ckpt["trainer"]["_trainer"]
     assert "LRScheduler" in ckpt["trainer"]["hooks"]
     # iteration 1 == BURNIN_ITER copied the student into the teacher, so the teacher is no
     # longer the stage-1 model
-    w = "predictor.class_embed.weight"
-    assert not torch.equal(ckpt["model"]["teacher." + w], stage1[w])
+    w = "sem_seg_head.predictor.class_embed.weight"
+    assert not torch.equal(ckpt["model"]["modelTeacher." + w], stage1[w])
 
     _train_net([*student_cfg, "--resume", *student_opts, "SOLVER.MAX_ITER", "3"], data)
     resumed = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
@@ -56,3 +57,14 @@ def test_two_stages_resume_and_eval(tmp_path):
                 "OUTPUT_DIR", str(tmp_path / "eval")], data)
     metrics = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert "AP" in metrics["segm"]
+
+
+def test_stage2_without_teacher_checkpoint_is_one_error_line(tmp_path, capsys):
+    from cad.engine.cli import run
+
+    student = ["--config-file", str(CFG / "mask2former_tiny_synthetic_student.yaml"), "OUTPUT_DIR", str(tmp_path)]
+    missing = tmp_path / "teacher" / "model_final.pth"
+    for value, expected in (("", "error: SSL.TEACHER_CKPT is empty"), (str(missing), f"error: SSL.TEACHER_CKPT '{missing}' not found")):
+        assert run([*student, "SSL.TEACHER_CKPT", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(expected) and "\n" not in err, err

@@ -1,7 +1,7 @@
 """Mask2Former model: shapes, instance inference (incl. Q*K < detections), DINOv2 feature-pyramid config."""
 import torch
 from detectron2.config import get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import build_backbone, build_model
 
 from cad.config import add_cad_config
 from cad.modeling.mask2former.meta_arch import instance_inference
@@ -58,22 +58,32 @@ def test_tiny_model_forward_train_and_eval():
     assert out.pred_masks.shape[1:] == (32, 40)
 
 
-def test_dinov2_config_builds_on_the_vit_feature_pyramid():
-    # The COCO DINOv2 configs with a tiny random DINOv2 (official key layout) instead of ViT-B/14.
+def test_dinov2_gd_backbone_resizes_as_the_official_one():
+    # The COCO DINOv2 configs with a tiny random DINOv2 (official backbone: res2..res5 from the
+    # nearest-resized patch-token map, 1x1 convs to 128/256/512/1024 channels).
     cfg = get_cfg()
     add_cad_config(cfg)
     cfg.merge_from_file("configs/GuidedDistillation/coco/dinov2_teacher_1pct.yaml")
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1",
-                         "CAD.VIT.EMBED_DIM", "24", "CAD.VIT.NUM_HEADS", "2", "CAD.VIT.PYRAMID_OUT_CHANNELS", "32",
-                         "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-                         "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-                         "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "32", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-                         "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "5"])
-    model = build_model(cfg).eval()
-    assert {k: s.stride for k, s in model.backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+                         "CAD.VIT.EMBED_DIM", "24", "CAD.VIT.NUM_HEADS", "2"])
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    assert {k: (s.channels, s.stride) for k, s in shapes.items()} == {
+        "res2": (128, 4), "res3": (256, 8), "res4": (512, 16), "res5": (1024, 32)}
+    seen = []
+    backbone.model.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        out = model([{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "height": 64, "width": 64}])
-    assert out[0]["instances"].pred_masks.shape[1:] == (64, 64)
+        out = backbone(x)
+        # sides + 14 - side % 14 (the official get_divisible_size): 64 -> 70, 96 -> 98 (not 84, 98)
+        assert seen == [(70, 98)]
+        tokens = backbone.model.forward_features(torch.nn.functional.interpolate(x, size=(70, 98)))  # normed
+        grid = tokens[:, 1:].reshape(1, 5, 7, 24).permute(0, 3, 1, 2)
+        # nearest resize of the 5x7 token map to 16x24 (stride 4): row i <- floor(i * 5 / 16)
+        rows, cols = torch.arange(16) * 5 // 16, torch.arange(24) * 7 // 24
+        expected = backbone.convs[0](grid[:, :, rows][:, :, :, cols])
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {"res2": (16, 24), "res3": (8, 12), "res4": (4, 6), "res5": (2, 3)}
+    assert torch.allclose(out["res2"], expected, atol=1e-5)
 
 
 def test_all_guided_distillation_configs_load():

@@ -1,5 +1,6 @@
 """Self-supervised ViT backbones (DINO, DINOv2 on timm), feature hooks and Detectron2 wrappers."""
 from cad.backbones.d2_backbone import SimpleFeaturePyramid, ViTBackbone  # registers the Detectron2 backbones
+from cad.backbones.dinov2_gd import GDDinoV2Backbone  # registers DinoV2{Base,Large}Backbone
 from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import (
     VIT_ARCHS,
@@ -12,6 +13,7 @@ from cad.backbones.vit import (
 __all__ = [
     "VIT_ARCHS",
     "CheckpointLayoutError",
+    "GDDinoV2Backbone",
     "WeightsNotFoundError",
     "SimpleFeaturePyramid",
     "ViTBackbone",

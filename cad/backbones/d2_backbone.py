@@ -125,7 +125,9 @@ class SimpleFeaturePyramid(Backbone):
         return dict(zip(self._out_features, outputs))
 
 
-def _vit_from_cfg(cfg) -> ViTBackbone:
+def vit_from_cfg(cfg, arch: str) -> nn.Module:
+    """The timm ViT `arch` with CAD.VIT's weights (WEIGHTS), size overrides (DEPTH, EMBED_DIM,
+    NUM_HEADS; 0 = official) and DROP_PATH_RATE."""
     vit_cfg = cfg.CAD.VIT
     overrides = {
         key: value
@@ -134,8 +136,11 @@ def _vit_from_cfg(cfg) -> ViTBackbone:
     }
     if vit_cfg.DROP_PATH_RATE:
         overrides["drop_path_rate"] = vit_cfg.DROP_PATH_RATE
-    vit = build_vit(vit_cfg.ARCH, vit_cfg.WEIGHTS or None, **overrides)
-    return ViTBackbone(vit, freeze=vit_cfg.FREEZE)
+    return build_vit(arch, vit_cfg.WEIGHTS or None, **overrides)
+
+
+def _vit_from_cfg(cfg) -> ViTBackbone:
+    return ViTBackbone(vit_from_cfg(cfg, cfg.CAD.VIT.ARCH), freeze=cfg.CAD.VIT.FREEZE)
 
 
 @BACKBONE_REGISTRY.register()

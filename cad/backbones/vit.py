@@ -22,12 +22,14 @@ add `mask_token` and `blocks.N.ls{1,2}.gamma`; with registers they hold `registe
 folded into `cls_token`, registers without position). Loading is strict: a missing, unexpected
 or wrongly shaped key raises `CheckpointLayoutError` naming the keys.
 """
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -96,23 +98,58 @@ class DinoVisionTransformer(VisionTransformer):
     `scale_factor` formula instead, see docs).
     """
 
+    # None: resample to the exact patch grid (above). A number: the rule of the official DINOv2
+    # torch.hub models (dinov2/models/vision_transformer.py `interpolate_pos_encoding`,
+    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
+    # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
+    interpolate_offset: Optional[float] = None
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens with positions added."""
         if not self.dynamic_img_size:
             return super()._pos_embed(x)
         batch, height, width, dim = x.shape
-        pos_embed = resample_abs_pos_embed(
-            self.pos_embed,
-            new_size=(height, width),
-            old_size=self.patch_embed.grid_size,
-            num_prefix_tokens=0 if self.no_embed_class else self.num_prefix_tokens,
-            antialias=False,
-        )
+        num_prefix = 0 if self.no_embed_class else self.num_prefix_tokens
+        if self.interpolate_offset is None:
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=(height, width),
+                old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=num_prefix,
+                antialias=False,
+            )
+        else:
+            pos_embed = hub_resample_pos_embed(self.pos_embed, (height, width), num_prefix, self.interpolate_offset).to(x.dtype)
         x = x.view(batch, -1, dim)
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if self.no_embed_class:  # DINOv2 with registers: CLS/registers carry no position
             return self.pos_drop(torch.cat(prefix + [x + pos_embed], dim=1))
         return self.pos_drop(torch.cat(prefix + [x], dim=1) + pos_embed)
+
+
+def hub_resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], num_prefix: int, offset: float) -> torch.Tensor:
+    """DINOv2 hub rule: (1, prefix + M*M, C) -> (1, prefix + h*w, C) for the patch grid (h, w).
+
+    Unchanged when (h, w) == (M, M); otherwise the (M, M) grid is resized bicubically (float32,
+    no antialiasing) with scale factors ((h + offset) / M, (w + offset) / M), whose floor gives
+    (h, w) while the sampling positions follow the scale factors. The caller casts the result
+    to the tokens' dtype, as the official code.
+    """
+    m = int(math.sqrt(pos_embed.shape[1] - num_prefix))
+    if tuple(grid) == (m, m):
+        return pos_embed
+    prefix, patch = pos_embed[:, :num_prefix].float(), pos_embed[:, num_prefix:].float()
+    dim = patch.shape[-1]
+    patch = F.interpolate(
+        patch.reshape(1, m, m, dim).permute(0, 3, 1, 2),
+        scale_factor=((grid[0] + offset) / m, (grid[1] + offset) / m),
+        mode="bicubic",
+        antialias=False,
+    )
+    if tuple(patch.shape[-2:]) != tuple(grid):
+        raise ValueError(f"position embedding resized to {tuple(patch.shape[-2:])}, expected {tuple(grid)}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((prefix, patch), dim=1)
 
 
 class WeightsNotFoundError(FileNotFoundError):

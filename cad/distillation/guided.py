@@ -6,12 +6,13 @@ on labeled batches plus unlabeled batches pseudo-labelled by a teacher. The teac
 frozen stage-1 model (SSL.TEACHER_CKPT) until SSL.BURNIN_ITER ("guided burn-in"), then a copy
 of the student, then the student's EMA (SSL.EMA_DECAY). The teacher sees the weak view, the
 student the strong (photometric) view; unlabeled losses are weighted by
-SSL.UNLABELED_LOSS_WEIGHT. Checkpoints hold `teacher.*` and `student.*`, so --resume
-restores both, the optimiser, the scheduler and the iteration.
+SSL.UNLABELED_LOSS_WEIGHT. Checkpoints hold `modelTeacher.*` and `modelStudent.*` (the official
+`EnsembleTSModel` names, GuidedDistillation modules/ensemble.py), so --resume restores both, the
+optimiser, the scheduler and the iteration, and the files interchange with the official ones
+(see `cad.distillation.gd_checkpoints`).
 """
 import logging
 import time
-import weakref
 from typing import Dict, List, Tuple
 
 import torch
@@ -19,18 +20,20 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
-from detectron2.modeling import build_model
+from detectron2.engine import SimpleTrainer
 from detectron2.structures import ImageList, Instances
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import setup_logger
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from cad.backbones.vit import CheckpointLayoutError
+from cad.checkpoint.layouts import find_layout
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
 from cad.distillation.ema import ema_update, teacher_decay, unwrap
+from cad.distillation.gd_checkpoints import GD_STAGE1, GD_STAGE2, TEACHER, load_strict, member_state
+from cad.engine.setup import check_teacher_checkpoint
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, build_ddp_model
 from cad.modeling.mask2former.solver import build_mask2former_optimizer
 
@@ -77,20 +80,21 @@ def pseudo_instances(
 
 
 class TeacherStudent(nn.Module):
-    """Holds the teacher and the student (checkpoint keys `teacher.*`, `student.*`).
+    """Holds the teacher and the student under the official `EnsembleTSModel` names
+    (`modelTeacher`, `modelStudent`: checkpoint keys `modelTeacher.*`, `modelStudent.*`).
     In evaluation, forwards to the model named by `eval_who` ("teacher" or "student")."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, eval_who: str = "student"):
         super().__init__()
         if eval_who.lower() not in ("teacher", "student"):
             raise ValueError(f"SSL.EVAL_WHO must be 'teacher' or 'student', got {eval_who!r}")
-        self.teacher, self.student, self.eval_who = teacher, student, eval_who.lower()
-        self.teacher.requires_grad_(False)
+        self.modelTeacher, self.modelStudent, self.eval_who = teacher, student, eval_who.lower()  # noqa: N815 (official names)
+        self.modelTeacher.requires_grad_(False)
 
     def forward(self, batched_inputs):
         if self.training:
             raise RuntimeError("TeacherStudent is trained by GuidedDistillationStep, not called in training mode")
-        return (self.teacher if self.eval_who == "teacher" else self.student)(batched_inputs)
+        return (self.modelTeacher if self.eval_who == "teacher" else self.modelStudent)(batched_inputs)
 
 
 class GuidedDistillationStep(SimpleTrainer):
@@ -193,68 +197,58 @@ def build_unlabeled_loader(cfg):
     )
 
 
-def load_weights(module: nn.Module, path: str, prefix: str = "") -> None:
-    """Load `path` into `module`; from a teacher-student checkpoint, take the `prefix` part."""
-    checkpointer = DetectionCheckpointer(module)
-    if not prefix:
-        checkpointer.load(path, checkpointables=[])
-        return
-    state = checkpointer._load_file(path)
-    model = state["model"]
-    if any(k.startswith(prefix) for k in model):
-        state["model"] = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
-    checkpointer._load_model(state)
-    logger.info("Loaded %s weights from %s", prefix.rstrip(".") or "model", path)
+def load_weights(module: nn.Module, path: str) -> None:
+    """Initialise `module` from MODEL.WEIGHTS with Detectron2's checkpointer (the student's
+    ImageNet/backbone initialisation: keys absent from the file keep their initialisation)."""
+    DetectionCheckpointer(module).load(path, checkpointables=[])
+
+
+def teacher_state(path: str) -> Dict[str, torch.Tensor]:
+    """The teacher's Mask2Former state dict in SSL.TEACHER_CKPT: `modelTeacher.*` of a Guided
+    Distillation checkpoint (stage 1 or 2, official or cad's), or a plain Mask2Former checkpoint
+    (`{"model": state_dict}`, e.g. cad's stage 1). The official trainer loads TEACHER_CKPT into
+    its whole `EnsembleTSModel` (modules/defaults.py), so a plain file matches no key there."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or not loadable as weights
+        raise CheckpointLayoutError(f"SSL.TEACHER_CKPT '{path}' is not a readable checkpoint: {exc}") from exc
+    layout = find_layout(obj)
+    if layout is not None and layout.name in (GD_STAGE1.name, GD_STAGE2.name):
+        return member_state(obj["model"], TEACHER)
+    model = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointLayoutError(f"SSL.TEACHER_CKPT '{path}' holds no Mask2Former state dict")
+    return dict(model)
 
 
 @TRAINER_REGISTRY.register()
 class GuidedDistillationTrainer(CadTrainer):
     """Trainer of both stages (cfg.CAD.TRAINER "GuidedDistillationTrainer"): stage 1 is plain
-    supervised Mask2Former; stage 2 (SSL.TRAIN_SSL) the teacher-student loop above."""
+    supervised Mask2Former; stage 2 (SSL.TRAIN_SSL) the teacher-student loop above.
 
-    def __init__(self, cfg):
+    `build_model` is the plain Mask2Former in both stages (as `--eval-only` and the demo use it:
+    from a stage-2 file they load the member SSL.EVAL_WHO names); stage-2 training builds the
+    `TeacherStudent` pair in `build_training`."""
+
+    @classmethod
+    def build_training(cls, cfg) -> Tuple[nn.Module, SimpleTrainer]:
+        """Stage 2: (TeacherStudent, GuidedDistillationStep) with the optimiser on the student and
+        DDP around the student only (the teacher is updated by EMA, identically on every rank)."""
         if not cfg.SSL.TRAIN_SSL:
-            super().__init__(cfg)
-            return
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        self.ensemble = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, self.ensemble.student)
-        labeled_loader = self.build_train_loader(cfg)
+            return super().build_training(cfg)
+        student = cls.build_model(cfg)
+        ensemble = TeacherStudent(cls.build_model(cfg), student, cfg.SSL.EVAL_WHO)
+        optimizer = cls.build_optimizer(cfg, student)
+        labeled_loader = cls.build_train_loader(cfg)
         unlabeled_loader = build_unlabeled_loader(cfg)
-        student = build_ddp_model(self.ensemble.student)
-        self._trainer = GuidedDistillationStep(cfg, student, self.ensemble.teacher, labeled_loader, unlabeled_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(self.ensemble, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
-
-    def state_dict(self) -> Dict:
-        """Also the optimiser (and AMP scaler) state: Detectron2 0.6's DefaultTrainer omits it."""
-        ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+        step = GuidedDistillationStep(cfg, build_ddp_model(student), ensemble.modelTeacher, labeled_loader, unlabeled_loader, optimizer)
+        return ensemble, step
 
     @property
     def model(self) -> nn.Module:
         """The model evaluated by the EvalHook: the teacher-student pair in stage 2 (SSL.EVAL_WHO)."""
-        return self.ensemble if hasattr(self, "ensemble") else self._trainer.model
-
-    @classmethod
-    def build_model(cls, cfg) -> nn.Module:
-        """Stage 1: Mask2Former. Stage 2: TeacherStudent of two Mask2Formers from the same config."""
-        if not cfg.SSL.TRAIN_SSL:
-            return build_model(cfg)
-        return TeacherStudent(build_model(cfg), build_model(cfg), cfg.SSL.EVAL_WHO)
+        return self.checkpointer.model if self.cfg.SSL.TRAIN_SSL else self._trainer.model
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -269,16 +263,17 @@ class GuidedDistillationTrainer(CadTrainer):
         return build_detection_test_loader(cfg, dataset_name, mapper=Mask2FormerInstanceMapper(cfg, False))
 
     def resume_or_load(self, resume: bool = True) -> None:
-        """Stage 2 without a checkpoint to resume: teacher <- SSL.TEACHER_CKPT (stage-1 or
-        teacher-student checkpoint), student <- MODEL.WEIGHTS (backbone initialisation).
+        """Stage 2 without a checkpoint to resume: teacher <- SSL.TEACHER_CKPT (strict; stage-1 or
+        stage-2 file, official or cad's), student <- MODEL.WEIGHTS (backbone initialisation).
         With --resume and a checkpoint in OUTPUT_DIR: both models, optimiser, scheduler, iteration."""
         if not self.cfg.SSL.TRAIN_SSL or (resume and self.checkpointer.has_checkpoint()):
             super().resume_or_load(resume=resume)
             return
-        if not self.cfg.SSL.TEACHER_CKPT:
-            raise ValueError("SSL.TRAIN_SSL True needs SSL.TEACHER_CKPT (the stage-1 checkpoint)")
-        load_weights(self.ensemble.teacher, self.cfg.SSL.TEACHER_CKPT, prefix="teacher.")
+        path = self.cfg.SSL.TEACHER_CKPT
+        check_teacher_checkpoint(self.cfg)
+        ensemble = self.checkpointer.model
+        load_strict(ensemble.modelTeacher, teacher_state(path), f"SSL.TEACHER_CKPT '{path}'")
+        logger.info("Loaded the teacher from %s", path)
         if self.cfg.MODEL.WEIGHTS:
-            load_weights(self.ensemble.student, self.cfg.MODEL.WEIGHTS)
+            load_weights(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS)
         self.start_iter = 0
-

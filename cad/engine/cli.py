@@ -10,7 +10,7 @@ from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.engine.launch import launch
-from cad.engine.setup import ConfigError, build_cfg, check_trainable, check_weights
+from cad.engine.setup import ConfigError, build_cfg, check_teacher_checkpoint, check_trainable, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         if not args.eval_only:
             check_trainable(cfg)
         check_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.resume)
+        check_teacher_checkpoint(cfg, args.eval_only, args.resume)
         if args.slurm:
             from cad.engine.slurm import submit
 

@@ -111,3 +111,18 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
             f"MODEL.WEIGHTS '{path}' not found: train the stage that writes it first, or pass "
             "MODEL.WEIGHTS PATH ('' for random initialisation)"
         )
+
+
+def check_teacher_checkpoint(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+    """Raise `ConfigError` when Guided Distillation stage 2 (`SSL.TRAIN_SSL True`) is trained
+    without a readable SSL.TEACHER_CKPT (the stage-1 checkpoint), unless `resume` finds a
+    checkpoint in OUTPUT_DIR (which holds the teacher). `--eval-only` does not need it."""
+    if eval_only or cfg.CAD.TRAINER != "GuidedDistillationTrainer" or not cfg.SSL.TRAIN_SSL:
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    path = cfg.SSL.TEACHER_CKPT
+    if not path:
+        raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True) needs the stage-1 checkpoint, pass SSL.TEACHER_CKPT PATH")
+    if "://" not in path and not os.path.isfile(path):
+        raise ConfigError(f"SSL.TEACHER_CKPT '{path}' not found: train stage 1 first (it writes model_final.pth) or pass SSL.TEACHER_CKPT PATH")

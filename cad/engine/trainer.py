@@ -2,12 +2,13 @@
 
 `TRAINER_REGISTRY` holds trainer classes by name; `tools/train_net.py` builds
 `cfg.CAD.TRAINER` (default `CadTrainer`). Method-specific trainers subclass `CadTrainer` and
-override `build_step_trainer` (how one iteration runs) or the loaders.
+override `build_step_trainer` (how one iteration runs), the loaders, or `build_training`
+(the checkpointed model and the step trainer, e.g. a teacher-student pair).
 """
 import logging
 import os
 import weakref
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -62,12 +63,8 @@ class CadTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = build_ddp_model(model)
-        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        model, self._trainer = self.build_training(cfg)
+        self.scheduler = self.build_lr_scheduler(cfg, self._trainer.optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -89,6 +86,15 @@ class CadTrainer(DefaultTrainer):
     def load_state_dict(self, state_dict: Dict) -> None:
         super().load_state_dict(state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_training(cls, cfg) -> Tuple[torch.nn.Module, SimpleTrainer]:
+        """The checkpointed model and the object that runs one iteration, built in Detectron2's
+        order (model, optimizer, loader, DDP). Trainers with several models override this."""
+        model = cls.build_model(cfg)
+        optimizer = cls.build_optimizer(cfg, model)
+        data_loader = cls.build_train_loader(cfg)
+        return model, cls.build_step_trainer(cfg, build_ddp_model(model), data_loader, optimizer)
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:

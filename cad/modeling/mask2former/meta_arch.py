@@ -39,18 +39,49 @@ def instance_inference(
     return scores * mask_scores, classes, masks
 
 
+class MaskFormerHead(nn.Module):
+    """`pixel_decoder` + `predictor` (the official `MaskFormerHead` with
+    TRANSFORMER_IN_FEATURE "multi_scale_pixel_decoder"): backbone features -> raw outputs
+    pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4), aux_outputs.
+
+    Loading: the official `MaskFormerHead._load_from_state_dict` (mask2former/modeling/meta_arch/
+    mask_former_head.py) renames every `sem_seg_head.*` key outside `sem_seg_head.predictor` to
+    `sem_seg_head.pixel_decoder.*` when the state dict carries no version for `sem_seg_head`
+    (a conversion of MaskFormer-v1 files); a Mask2Former file stripped of its `_metadata` thus
+    loads with the whole pixel decoder missing there. Files written by Detectron2's checkpointer
+    (`torch.save` of `model.state_dict()`, which keeps `_metadata`) carry version 2 and load
+    unchanged. cad applies no rename, so official files load with or without metadata, and
+    declares `_version = 2` so the files cad saves load unchanged in the official code.
+    """
+
+    _version = 2
+
+    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, num_classes: int):
+        super().__init__()
+        self.pixel_decoder, self.predictor, self.num_classes = pixel_decoder, predictor, num_classes
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> Dict:
+        mask_features, multi_scale = self.pixel_decoder.forward_features(features)
+        return self.predictor(multi_scale, mask_features)
+
+
 @META_ARCH_REGISTRY.register()
 class Mask2Former(nn.Module):
-    """Backbone + pixel decoder + masked-attention transformer decoder, trained with Hungarian
-    matching and point-sampled mask losses; instance-segmentation inference."""
+    """Backbone + `sem_seg_head` (pixel decoder + masked-attention transformer decoder), trained
+    with Hungarian matching and point-sampled mask losses; instance-segmentation inference.
+
+    Module names are the official `MaskFormer`'s (mask2former/maskformer_model.py): `backbone`,
+    `sem_seg_head.pixel_decoder`, `sem_seg_head.predictor`, `criterion` (buffer `empty_weight`).
+    Deliberate differences at inference: predicted boxes are the masks' bounding boxes (the
+    official ones are all zero), masks are bool, and k = min(TEST.DETECTIONS_PER_IMAGE, Q*K).
+    """
 
     @configurable
     def __init__(
         self,
         *,
         backbone: Backbone,
-        pixel_decoder: nn.Module,
-        predictor: nn.Module,
+        sem_seg_head: MaskFormerHead,
         criterion: SetCriterion,
         weight_dict: Dict[str, float],
         num_classes: int,
@@ -60,7 +91,7 @@ class Mask2Former(nn.Module):
         test_topk_per_image: int,
     ):
         super().__init__()
-        self.backbone, self.pixel_decoder, self.predictor = backbone, pixel_decoder, predictor
+        self.backbone, self.sem_seg_head = backbone, sem_seg_head
         self.criterion, self.weight_dict = criterion, weight_dict
         self.num_classes = num_classes
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
@@ -74,6 +105,7 @@ class Mask2Former(nn.Module):
         backbone = build_backbone(cfg)
         pixel_decoder = PIXEL_DECODER_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME)(cfg, backbone.output_shape())
         predictor = MultiScaleMaskedTransformerDecoder(cfg, in_channels=cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
+        sem_seg_head = MaskFormerHead(pixel_decoder, predictor, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         matcher = HungarianMatcher(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.TRAIN_NUM_POINTS)
         base = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
         weight_dict = dict(base)
@@ -91,8 +123,7 @@ class Mask2Former(nn.Module):
         )
         return {
             "backbone": backbone,
-            "pixel_decoder": pixel_decoder,
-            "predictor": predictor,
+            "sem_seg_head": sem_seg_head,
             "criterion": criterion,
             "weight_dict": weight_dict,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -113,9 +144,7 @@ class Mask2Former(nn.Module):
 
     def predict(self, images: ImageList) -> Dict:
         """Raw outputs: pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4), aux_outputs."""
-        features = self.backbone(images.tensor)
-        mask_features, multi_scale = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale, mask_features)
+        return self.sem_seg_head(self.backbone(images.tensor))
 
     def prepare_targets(self, instances: List[Instances], images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Per image `labels` (T,) and `masks` (T, H_pad, W_pad) zero-padded to the batch canvas."""

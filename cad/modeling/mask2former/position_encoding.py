@@ -1,4 +1,5 @@
-"""Sine positional encoding of feature maps (DETR)."""
+"""Sine positional encoding of feature maps (DETR; Mask2Former's
+`transformer_decoder/position_encoding.py`, called without a padding mask)."""
 import math
 
 import torch
@@ -6,7 +7,8 @@ from torch import nn
 
 
 class PositionEmbeddingSine(nn.Module):
-    """(B, C, H, W) -> (B, 2*num_pos_feats, H, W) normalised sine/cosine encoding of (y, x)."""
+    """(B, C, H, W) -> (B, 2*num_pos_feats, H, W) float32 sine/cosine encoding of (y, x)
+    (float32 whatever the input dtype, as the official module)."""
 
     def __init__(self, num_pos_feats: int = 64, temperature: int = 10000, normalize: bool = True, scale: float = 2 * math.pi):
         super().__init__()
@@ -25,4 +27,4 @@ class PositionEmbeddingSine(nn.Module):
         pos_x, pos_y = x_embed[..., None] / dim_t, y_embed[..., None] / dim_t
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(x.dtype)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
