@@ -6,6 +6,11 @@ and a one-line comment. Call it right after `get_cfg()`; `cad.engine.setup_cfg` 
 from detectron2.config import CfgNode as CN
 
 
+class ConfigError(ValueError):
+    """A config file, key, value, dataset name or weights file that cannot be used (the command
+    lines print it as one line `error: ...` and exit with status 2)."""
+
+
 def add_cad_config(cfg: CN) -> None:
     """Add all cad keys (in place) to a Detectron2 config."""
     _add_runtime_config(cfg)

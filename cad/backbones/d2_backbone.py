@@ -134,7 +134,10 @@ def _vit_from_cfg(cfg) -> ViTBackbone:
     }
     if vit_cfg.DROP_PATH_RATE:
         overrides["drop_path_rate"] = vit_cfg.DROP_PATH_RATE
-    vit = build_vit(vit_cfg.ARCH, vit_cfg.WEIGHTS or None, **overrides)
+    # With MODEL.WEIGHTS (a full model checkpoint: cad.checkpoint.loader loads it strictly, ViT
+    # included) the ViT's own pretrained file would be overwritten: skip reading it.
+    weights = "random" if cfg.MODEL.WEIGHTS else (vit_cfg.WEIGHTS or None)
+    vit = build_vit(vit_cfg.ARCH, weights, **overrides)
     return ViTBackbone(vit, freeze=vit_cfg.FREEZE)
 
 

@@ -16,7 +16,6 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
@@ -27,6 +26,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from cad.checkpoint.loader import CadCheckpointer, load_checkpoint
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
@@ -193,20 +193,6 @@ def build_unlabeled_loader(cfg):
     )
 
 
-def load_weights(module: nn.Module, path: str, prefix: str = "") -> None:
-    """Load `path` into `module`; from a teacher-student checkpoint, take the `prefix` part."""
-    checkpointer = DetectionCheckpointer(module)
-    if not prefix:
-        checkpointer.load(path, checkpointables=[])
-        return
-    state = checkpointer._load_file(path)
-    model = state["model"]
-    if any(k.startswith(prefix) for k in model):
-        state["model"] = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
-    checkpointer._load_model(state)
-    logger.info("Loaded %s weights from %s", prefix.rstrip(".") or "model", path)
-
-
 @TRAINER_REGISTRY.register()
 class GuidedDistillationTrainer(CadTrainer):
     """Trainer of both stages (cfg.CAD.TRAINER "GuidedDistillationTrainer"): stage 1 is plain
@@ -227,7 +213,7 @@ class GuidedDistillationTrainer(CadTrainer):
         student = build_ddp_model(self.ensemble.student)
         self._trainer = GuidedDistillationStep(cfg, student, self.ensemble.teacher, labeled_loader, unlabeled_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(self.ensemble, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = CadCheckpointer(self.ensemble, cfg.OUTPUT_DIR, cfg=cfg, for_training=True, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -277,8 +263,10 @@ class GuidedDistillationTrainer(CadTrainer):
             return
         if not self.cfg.SSL.TEACHER_CKPT:
             raise ValueError("SSL.TRAIN_SSL True needs SSL.TEACHER_CKPT (the stage-1 checkpoint)")
-        load_weights(self.ensemble.teacher, self.cfg.SSL.TEACHER_CKPT, prefix="teacher.")
+        # The teacher is a full model (strict); the student starts from MODEL.WEIGHTS (a backbone
+        # initialisation such as ImageNet R-50.pkl, or a full checkpoint).
+        load_checkpoint(self.ensemble.teacher, self.cfg.SSL.TEACHER_CKPT, self.cfg, prefix="teacher.")
         if self.cfg.MODEL.WEIGHTS:
-            load_weights(self.ensemble.student, self.cfg.MODEL.WEIGHTS)
+            load_checkpoint(self.ensemble.student, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
         self.start_iter = 0
 

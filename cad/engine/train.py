@@ -4,10 +4,10 @@ import logging
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 
+from cad.checkpoint.loader import CadCheckpointer
 from cad.engine.setup import build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
 from cad.utils.visualize import render_predictions
@@ -30,7 +30,7 @@ def main(args: argparse.Namespace):
     trainer_cls = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        CadCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_cls.test(cfg, model)
         if comm.is_main_process() and cfg.CAD.VIS_NUM_IMAGES > 0:
             for name in cfg.DATASETS.TEST:

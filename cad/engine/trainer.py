@@ -10,7 +10,6 @@ import weakref
 from typing import Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -18,6 +17,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
+from cad.checkpoint.loader import CadCheckpointer
 from cad.data.mapper import CadDatasetMapper
 from cad.engine.distributed import broadcast_buffers
 from cad.engine.preemption import PreemptionHook
@@ -68,7 +68,8 @@ class CadTrainer(DefaultTrainer):
         model = build_ddp_model(model)
         self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # MODEL.WEIGHTS / --resume by cad's loading rule (strict; backbone-only files allowed here).
+        self.checkpointer = CadCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, for_training=True, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
