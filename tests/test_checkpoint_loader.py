@@ -1,6 +1,7 @@
 """cad.checkpoint.loader: the one loading path (layouts, strict full-model loading, backbone-only
 initialisation, files that are not checkpoints) and its use by tools/train_net.py."""
 import argparse
+import json
 import logging
 import pickle
 import re
@@ -10,9 +11,10 @@ import pytest
 import torch
 import torchvision
 
+from cad.backbones.vit import save_random_checkpoint
 from cad.checkpoint.loader import CadCheckpointer, CheckpointError, load_checkpoint
 from cad.engine.predict import build_loaded_model
-from cad.engine.setup import build_cfg
+from cad.engine.setup import ConfigError, build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
 from cad.modeling.torchvision_resnet import convert_torchvision_checkpoint
 
@@ -222,3 +224,43 @@ def test_train_net_eval_only_text_file_is_one_line(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and re.match(r"error: cannot read '.*weights.pth' as a checkpoint", lines[0]), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+LOST_SYNTHETIC = REPO / "configs" / "LOST" / "lost_synthetic.yaml"
+TINY_VIT = {"depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+def test_lost_takes_model_weights_as_its_dino_vit(tmp_path):
+    """MODEL.WEIGHTS = an official-layout DINO file gives the same ViT and boxes as CAD.DISCOVERY.WEIGHTS."""
+    ckpt = str(save_random_checkpoint("dino_vits16", tmp_path / "dino_deitsmall16_pretrain.pth", seed=1, **TINY_VIT))
+    via_model = build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", ckpt, "CAD.DISCOVERY.WEIGHTS", "[]"))
+    via_discovery = build_loaded_model(_cfg(LOST_SYNTHETIC, "CAD.DISCOVERY.WEIGHTS", f"['{ckpt}']"))
+    assert via_model.method._model is not None, "the checkpointer loads the ViT eagerly"
+    for k, v in via_discovery.method.model.state_dict().items():
+        assert torch.equal(via_model.method.model.state_dict()[k], v), k
+    inputs = [{"image": _image(3, (64, 80)), "height": 64, "width": 80}]
+    a, b = via_model(inputs)[0]["instances"], via_discovery(inputs)[0]["instances"]
+    assert len(a) == 1 and torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+
+
+def test_discovery_model_weights_errors(tiny, tmp_path):
+    _, _, detectron2_file = tiny
+    with pytest.raises(ConfigError, match=r"^checkpoint '.*model.pth' does not match dino_vits16"):
+        build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file), "CAD.DISCOVERY.WEIGHTS", "[]"))
+    with pytest.raises(ConfigError, match="both give the LOST ViT"):  # lost_synthetic.yaml sets WEIGHTS ["random"]
+        build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file)))
+    with pytest.raises(ConfigError, match="VoteCut runs several ViTs: give their files in CAD.DISCOVERY.WEIGHTS"):
+        build_loaded_model(_cfg(REPO / "configs" / "CuVLER" / "votecut_synthetic.yaml", "MODEL.WEIGHTS", str(detectron2_file)))
+
+
+def test_lost_paper_config_eval_only_with_model_weights(tmp_path):
+    """The issue's command: --eval-only MODEL.WEIGHTS <DINO file> on configs/LOST/lost_dino_vits16_voc07.yaml
+    (here a random full-size ViT-S/16 in DINO's layout, on the tiny synthetic split)."""
+    from cad.engine.cli import run as train_net
+
+    ckpt = save_random_checkpoint("dino_vits16", tmp_path / "dino_deitsmall16_pretrain.pth", seed=4)
+    argv = ["--config-file", str(REPO / "configs" / "LOST" / "lost_dino_vits16_voc07.yaml"), "--eval-only",
+            "--test-dataset", "synthetic_shapes_tiny_val", "MODEL.WEIGHTS", str(ckpt), "MODEL.DEVICE", "cpu",
+            "DATALOADER.NUM_WORKERS", "0", "CAD.NUM_THREADS", "1", "OUTPUT_DIR", str(tmp_path / "o")]
+    assert train_net(argv) == 0
+    assert "corloc" in json.loads((tmp_path / "o" / "eval_results.json").read_text())
