@@ -1,10 +1,12 @@
 """cad.checkpoint.loader: the one loading path (layouts, strict full-model loading, backbone-only
 initialisation, files that are not checkpoints) and its use by tools/train_net.py."""
 import argparse
+import io
 import json
 import logging
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -264,3 +266,60 @@ def test_lost_paper_config_eval_only_with_model_weights(tmp_path):
             "DATALOADER.NUM_WORKERS", "0", "CAD.NUM_THREADS", "1", "OUTPUT_DIR", str(tmp_path / "o")]
     assert train_net(argv) == 0
     assert "corloc" in json.loads((tmp_path / "o" / "eval_results.json").read_text())
+
+
+def _save_with_cuda_storages(obj, path):
+    """torch.save(obj) with every storage tagged "cuda:0", as a file saved from GPU tensors (the
+    official DIOD/xMOD files) is, written without a GPU: the location strings of the pickle are edited."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, pickle_protocol=2)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            out.writestr(info.filename, data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks reading GPU-tagged storages without CUDA")
+def test_file_saved_from_gpu_tensors_loads_on_cpu(tiny, tmp_path):
+    cfg, model, _ = tiny
+    path = tmp_path / "gpu.pth"
+    _save_with_cuda_storages({"model": model.state_dict()}, path)
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        torch.load(path, weights_only=True)  # the storages really are tagged cuda:0
+    target = _model(cfg, seed=4)
+    load_checkpoint(target, str(path), cfg)
+    for k, v in model.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_declared_partial_initialisation(tiny, tmp_path):
+    cfg, model, _ = tiny
+    path = tmp_path / "no_mask_head.pth"
+    torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("roi_heads.mask_head.")}}, path)
+    declared = _cfg(TINY_CONFIG, "CAD.WEIGHTS_MAY_MISS", "['roi_heads.mask_head.']")
+    target = _model(declared, seed=3)
+    load_checkpoint(target, str(path), declared, for_training=True)
+    assert torch.equal(target.state_dict()["roi_heads.box_predictor.cls_score.weight"], model.state_dict()["roi_heads.box_predictor.cls_score.weight"])
+    with pytest.raises(CheckpointError, match=r"missing \(roi_heads.mask_head"):
+        load_checkpoint(_model(cfg), str(path), cfg, for_training=True)  # not declared
+    with pytest.raises(CheckpointError, match=r"missing \(roi_heads.mask_head"):
+        load_checkpoint(_model(declared), str(path), declared)  # evaluation stays strict
+
+
+def test_xmod_tri_pd_starts_from_a_diod_file(tmp_path):
+    """configs/xMOD/xmod_tri_pd.yaml: MODEL.WEIGHTS is the DIOD TRI-PD model (2D networks only)."""
+    diod_cfg = _cfg(REPO / "configs" / "DIOD" / "diod_tri_pd_ts.yaml")
+    diod = _randomize(_model(diod_cfg), 7)
+    path = tmp_path / "diod_model_final.pth"
+    torch.save({"model": diod.state_dict()}, path)
+    cfg = _cfg(REPO / "configs" / "xMOD" / "xmod_tri_pd.yaml", "MODEL.WEIGHTS", str(path))
+    xmod = _model(cfg)
+    load_checkpoint(xmod, str(path), cfg, for_training=True)
+    for k, v in diod.state_dict().items():
+        assert torch.equal(xmod.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match=r"missing \(students.3d"):
+        load_checkpoint(_model(cfg), str(path), cfg)  # evaluating it as an xMOD model: refused

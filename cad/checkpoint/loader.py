@@ -21,7 +21,9 @@ The rule (one, file-driven): a file carrying Detectron2's pretrained-backbone ma
 filled is logged, and it fails when it filled none or when a matched tensor has the wrong shape.
 It is accepted only for training (`for_training=True`); evaluating a model whose heads would stay
 random is an error. Every other file is a *full-model checkpoint* and loads strictly: any missing,
-unexpected or mis-shaped key is a `CheckpointError` naming the first few and the layout.
+unexpected or mis-shaped key is a `CheckpointError` naming the first few and the layout. The one
+declared exception: in training, model keys under the prefixes `CAD.WEIGHTS_MAY_MISS` may be
+absent (a partial initialisation such as xMOD's 3D networks from a DIOD file); they are counted.
 DINO/DINOv2 ViT weights of ViT backbones are not `MODEL.WEIGHTS`: they go in `CAD.VIT.WEIGHTS`
 (loaded strictly by `cad.backbones.vit.build_vit`); the discovery meta-architectures read
 `MODEL.WEIGHTS` themselves (`load_own_weights`).
@@ -193,6 +195,10 @@ class CadCheckpointer(DetectionCheckpointer):
         if backbone_only:
             self._check_backbone(what, file_state, missing, unexpected)
             return incompatible
+        declared = self._declared_missing(missing)
+        missing = [k for k in missing if k not in declared]
+        if declared and len(model_keys) - len(declared) - len(missing) <= 0:
+            raise CheckpointError(f"{what} filled none of the tensors that CAD.WEIGHTS_MAY_MISS leaves to it")
         if missing or unexpected or shapes:
             parts = [f"{len(missing)} missing ({_names(missing)})" if missing else "",
                      f"{len(unexpected)} unexpected ({_names(unexpected)})" if unexpected else "",
@@ -201,8 +207,19 @@ class CadCheckpointer(DetectionCheckpointer):
                 f"{what} does not match {type(self.model).__name__}: "
                 + ", ".join(p for p in parts if p) + " keys" + _hint(file_keys, self.model, model_keys)
             )
-        logger.info("Loaded all %d tensors of %s", len(model_keys), what)
+        if declared:
+            logger.info(
+                "Loaded %d tensors of %s; %d model tensors declared in CAD.WEIGHTS_MAY_MISS (%s) keep their initialisation",
+                len(model_keys) - len(declared), what, len(declared), _names(declared),
+            )
+        else:
+            logger.info("Loaded all %d tensors of %s", len(model_keys), what)
         return incompatible
+
+    def _declared_missing(self, missing: List[str]) -> List[str]:
+        """The missing keys that the config declares may be missing (training only)."""
+        prefixes = tuple(self.cfg.CAD.WEIGHTS_MAY_MISS) if self.for_training and self.cfg is not None else ()
+        return [k for k in missing if prefixes and k.startswith(prefixes)]
 
     def _check_backbone(self, what: str, file_state: Dict[str, Any], missing: List[str], unexpected: List[str]) -> None:
         """Backbone-only rule: at least one tensor filled, none mis-shaped. Detectron2's name
