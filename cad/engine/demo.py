@@ -19,7 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
