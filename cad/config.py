@@ -6,6 +6,11 @@ and a one-line comment. Call it right after `get_cfg()`; `cad.engine.setup_cfg` 
 from detectron2.config import CfgNode as CN
 
 
+class ConfigError(ValueError):
+    """A config file, key, value, dataset name or weights file that cannot be used (the command
+    lines print it as one line `error: ...` and exit with status 2)."""
+
+
 def add_cad_config(cfg: CN) -> None:
     """Add all cad keys (in place) to a Detectron2 config."""
     _add_runtime_config(cfg)
@@ -24,6 +29,10 @@ def _add_runtime_config(cfg: CN) -> None:
     # torch intra-op threads per process; 0 keeps torch's default. On small CPUs one thread per
     # process avoids oversubscription (measured ~3x slower with 2 threads on a busy 2-core box).
     cfg.CAD.NUM_THREADS = 0
+    # Declared partial initialisation for training: model key prefixes that a full MODEL.WEIGHTS
+    # checkpoint may lack (they keep their initialisation; the count is logged), e.g. xMOD's 3D
+    # networks when it starts from a DIOD file. Empty = strict (cad/checkpoint/loader.py).
+    cfg.CAD.WEIGHTS_MAY_MISS = []
     # Number of prediction PNGs written after --eval-only (Detectron2 Visualizer); 0 = none.
     cfg.CAD.VIS_NUM_IMAGES = 0
     # Minimum score of the predictions drawn in those PNGs.

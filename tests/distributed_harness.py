@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
 from torch import nn
+
+from cad.checkpoint.loader import load_checkpoint
 
 
 def _row_constant_rand(original):
@@ -104,7 +105,7 @@ def _run_one(args, record_dir: Path) -> Dict:
     record: Dict = {"rank": comm.get_rank(), "world_size": comm.get_world_size()}
     if getattr(args, "eval_weights", ""):
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model).load(args.eval_weights)
+        load_checkpoint(model, args.eval_weights, cfg)
         record["metrics"] = trainer_cls.test(cfg, model)
         return record
     losses: List[Dict[str, float]] = []

@@ -18,11 +18,10 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-from cad.backbones.vit import CheckpointLayoutError
 from cad.checkpoint.layouts import find_layout
+from cad.checkpoint.loader import CheckpointError, load_checkpoint
 from cad.config import add_cad_config
-from cad.distillation.gd_checkpoints import load_strict
-from cad.distillation.guided import teacher_state
+from cad.distillation.guided import load_teacher
 
 torch.set_num_threads(1)
 
@@ -146,7 +145,7 @@ def test_official_gd_files_load_strictly_and_predict_as_native(setup, tmp_path, 
     obj = torch.load(path, map_location="cpu")
     found = find_layout(obj)
     assert found is not None and found.name == layout
-    load_strict(model, found.to_cad(obj, _cfg(variant, eval_who)), str(path))
+    load_checkpoint(model, str(path), _cfg(variant, eval_who))
     _assert_same(_outputs(model, image), native[expected])
 
 
@@ -161,12 +160,12 @@ def test_plain_mask2former_file_needs_no_conversion(setup, tmp_path, metadata):
     obj = torch.load(path, map_location="cpu")
     layout = find_layout(obj)
     assert layout is None or not layout.name.startswith("guided_distillation")
-    load_strict(model, obj["model"], str(path))
+    load_checkpoint(model, str(path))
     _assert_same(_outputs(model, image), native["student"])
 
 
 def test_teacher_checkpoint_accepts_official_and_plain_files(setup, tmp_path):
-    _, _, teacher, student, model, image, native = setup
+    variant, _, teacher, student, model, image, native = setup
     files = {
         "stage1": {"model": _d2_state_dict({"modelTeacher.": teacher})},
         "stage2": {"model": _d2_state_dict({"modelTeacher.": teacher, "modelStudent.": student})},
@@ -174,7 +173,9 @@ def test_teacher_checkpoint_accepts_official_and_plain_files(setup, tmp_path):
     }
     for name, obj in files.items():
         torch.save(obj, tmp_path / f"{name}.pth")
-        load_strict(model, teacher_state(str(tmp_path / f"{name}.pth")), name)
+        cfg = _cfg(variant)
+        cfg.SSL.TEACHER_CKPT = str(tmp_path / f"{name}.pth")
+        load_teacher(model, cfg)
         _assert_same(_outputs(model, image), native["teacher"])
 
 
@@ -183,10 +184,11 @@ def test_mismatched_files_fail_with_one_line(setup, tmp_path):
     wrong = dict(_plain(teacher))
     wrong["sem_seg_head.predictor.class_embed.weight"] = torch.zeros(81, 32)  # 80 classes
     del wrong["criterion.empty_weight"]
-    with pytest.raises(CheckpointLayoutError) as err:
-        load_strict(model, wrong, "f.pth")
+    torch.save({"model": wrong}, tmp_path / "f.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(model, str(tmp_path / "f.pth"))
     message = str(err.value)
-    assert "\n" not in message and "criterion.empty_weight" in message and "class_embed.weight (81, 32) != (4, 32)" in message
+    assert "\n" not in message and "criterion.empty_weight" in message and "class_embed.weight (81, 32) in the file vs (4, 32)" in message
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointLayoutError, match="not a readable checkpoint"):
-        teacher_state(str(tmp_path / "notes.txt"))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(model, str(tmp_path / "notes.txt"))

@@ -106,8 +106,9 @@ def test_check_weights_rules(tmp_path):
     check_weights(missing, str(tmp_path), resume=True)  # --resume loads the last checkpoint instead
 
 
-def test_missing_dataset_dir(tmp_path):
-    proc = _train(tmp_path, args=("--eval-only", "--test-dataset", "voc07_test"))
+def test_missing_dataset_dir(trained, tmp_path):
+    weights = str(trained[0] / "model_final.pth")  # --eval-only refuses a random initialisation
+    proc = _train(tmp_path, "MODEL.WEIGHTS", weights, args=("--eval-only", "--test-dataset", "voc07_test"))
     _one_line_error(proc, r"dataset 'voc07_test': expected '.*VOC2007.*'.*DETECTRON2_DATASETS.*datasets/README.md")
 
 
@@ -123,10 +124,11 @@ def _corrupt_split(tmp_path, split: str, folder: str, corrupt: range) -> dict:
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])  # 1: the error is re-raised from a DataLoader worker
-def test_corrupt_image_in_eval_split(tmp_path, workers):
+def test_corrupt_image_in_eval_split(trained, tmp_path, workers):
     env = _corrupt_split(tmp_path, "synthetic_shapes_tiny_val", "shapes_tiny_val", range(3, 4))
     proc = run_tool(
         "train_net.py", "--config-file", str(TINY_CONFIG), "--eval-only", *TINY_OPTS,
+        "MODEL.WEIGHTS", str(trained[0] / "model_final.pth"),
         "DATALOADER.NUM_WORKERS", workers, "OUTPUT_DIR", str(tmp_path / "o"), env=env,
     )
     _one_line_error(proc, r"^error: cannot read image '.*000003.png': cannot identify image file")

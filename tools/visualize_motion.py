@@ -37,12 +37,13 @@ def main() -> int:
     if args.baselines:
         print(json.dumps(evaluate_baselines(cfg, dataset), indent=1))
         return 0
-    from detectron2.checkpoint import DetectionCheckpointer
+    from cad.engine.predict import build_loaded_model
 
-    from cad.engine.trainer import TRAINER_REGISTRY
-
-    model = TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg)
-    DetectionCheckpointer(model).load(args.weights or cfg.MODEL.WEIGHTS)
+    try:
+        model = build_loaded_model(cfg, args.weights)
+    except ConfigError as e:  # includes CheckpointError: unreadable or non-matching weights
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for path in write_strips(predict_clips(model, cfg, dataset, args.num_clips), args.out):
         print(path)
     return 0

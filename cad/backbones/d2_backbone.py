@@ -136,7 +136,10 @@ def vit_from_cfg(cfg, arch: str) -> nn.Module:
     }
     if vit_cfg.DROP_PATH_RATE:
         overrides["drop_path_rate"] = vit_cfg.DROP_PATH_RATE
-    return build_vit(arch, vit_cfg.WEIGHTS or None, **overrides)
+    # With MODEL.WEIGHTS (a full model checkpoint: cad.checkpoint.loader loads it strictly, ViT
+    # included) the ViT's own pretrained file would be overwritten: skip reading it.
+    weights = "random" if cfg.MODEL.WEIGHTS else (vit_cfg.WEIGHTS or None)
+    return build_vit(arch, weights, **overrides)
 
 
 def _vit_from_cfg(cfg) -> ViTBackbone:

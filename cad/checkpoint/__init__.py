@@ -1,4 +1,8 @@
 """Checkpoint layouts (official files of each method) and strict loading."""
 from cad.checkpoint.layouts import Layout, find_layout, register_layout, registered_layouts
+from cad.checkpoint.loader import CadCheckpointer, CheckpointError, load_checkpoint
 
-__all__ = ["Layout", "find_layout", "register_layout", "registered_layouts"]
+__all__ = [
+    "CadCheckpointer", "CheckpointError", "Layout", "find_layout", "load_checkpoint", "register_layout",
+    "registered_layouts",
+]

@@ -163,6 +163,8 @@ class MaskCut(LazyViT):
     change the architecture (small random checkpoints in tests).
     """
 
+    default_arch = DEFAULT_ARCH
+
     def __init__(
         self,
         options=None,
@@ -177,7 +179,7 @@ class MaskCut(LazyViT):
         amp: Optional[str] = None,
         **vit_overrides,
     ) -> None:
-        models = method_models(options, [DEFAULT_ARCH])
+        models = method_models(options, [self.default_arch])
         if len(models) != 1:
             raise ValueError(f"MaskCut uses one ViT, got {len(models)} models")
         self.arch, self.weights = models[0]

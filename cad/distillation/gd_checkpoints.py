@@ -23,7 +23,6 @@ import logging
 from typing import Any, Dict, Mapping, Optional
 
 import torch
-from torch import nn
 
 from cad.backbones.vit import CheckpointLayoutError
 from cad.checkpoint.layouts import Layout, StateDict, register_layout
@@ -63,23 +62,6 @@ def member_state(model: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, to
         if twin in state and not torch.equal(torch.as_tensor(state[twin]), torch.as_tensor(value)):
             raise CheckpointLayoutError(f"'{prefix}{key}' differs from '{prefix}{twin}': not a Guided Distillation checkpoint")
     return state
-
-
-def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `module`; one-line `CheckpointLayoutError` naming the first missing,
-    unexpected or mis-shaped keys on any mismatch. (Guided Distillation's own strict load of
-    SSL.TEACHER_CKPT and of `--eval-only` files in a registered layout, until the generic
-    `cad.checkpoint` loader takes over.)"""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise CheckpointLayoutError(
-            f"{source} does not match the model: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} wrong shapes {wrong[:3]}"
-        )
-    module.load_state_dict(state, strict=True)
 
 
 def eval_member(cfg) -> str:

@@ -17,22 +17,18 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.file_io import PathManager
 from torch import nn
 
-from cad.backbones.vit import CheckpointLayoutError
-from cad.checkpoint.layouts import find_layout
+from cad.checkpoint.loader import load_checkpoint
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
 from cad.distillation.ema import ema_update, teacher_decay, unwrap
-from cad.distillation.gd_checkpoints import GD_STAGE1, GD_STAGE2, TEACHER, load_strict, member_state
 from cad.engine.setup import check_teacher_checkpoint
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, build_ddp_model
 from cad.modeling.mask2former.solver import build_mask2former_optimizer
@@ -197,29 +193,15 @@ def build_unlabeled_loader(cfg):
     )
 
 
-def load_weights(module: nn.Module, path: str) -> None:
-    """Initialise `module` from MODEL.WEIGHTS with Detectron2's checkpointer (the student's
-    ImageNet/backbone initialisation: keys absent from the file keep their initialisation)."""
-    DetectionCheckpointer(module).load(path, checkpointables=[])
-
-
-def teacher_state(path: str) -> Dict[str, torch.Tensor]:
-    """The teacher's Mask2Former state dict in SSL.TEACHER_CKPT: `modelTeacher.*` of a Guided
-    Distillation checkpoint (stage 1 or 2, official or cad's), or a plain Mask2Former checkpoint
-    (`{"model": state_dict}`, e.g. cad's stage 1). The official trainer loads TEACHER_CKPT into
-    its whole `EnsembleTSModel` (modules/defaults.py), so a plain file matches no key there."""
-    try:
-        with PathManager.open(path, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or not loadable as weights
-        raise CheckpointLayoutError(f"SSL.TEACHER_CKPT '{path}' is not a readable checkpoint: {exc}") from exc
-    layout = find_layout(obj)
-    if layout is not None and layout.name in (GD_STAGE1.name, GD_STAGE2.name):
-        return member_state(obj["model"], TEACHER)
-    model = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
-        raise CheckpointLayoutError(f"SSL.TEACHER_CKPT '{path}' holds no Mask2Former state dict")
-    return dict(model)
+def load_teacher(teacher: nn.Module, cfg) -> None:
+    """SSL.TEACHER_CKPT into `teacher`, strictly: a plain Mask2Former file, or the teacher member
+    (`modelTeacher.*`) of a Guided Distillation stage-1 or stage-2 file. (The official trainer
+    loads TEACHER_CKPT into its whole `EnsembleTSModel`, modules/defaults.py, so a plain file
+    would fill nothing there.)"""
+    teacher_cfg = cfg.clone()
+    teacher_cfg.defrost()
+    teacher_cfg.SSL.EVAL_WHO = "TEACHER"
+    load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, teacher_cfg)
 
 
 @TRAINER_REGISTRY.register()
@@ -269,11 +251,11 @@ class GuidedDistillationTrainer(CadTrainer):
         if not self.cfg.SSL.TRAIN_SSL or (resume and self.checkpointer.has_checkpoint()):
             super().resume_or_load(resume=resume)
             return
-        path = self.cfg.SSL.TEACHER_CKPT
         check_teacher_checkpoint(self.cfg)
         ensemble = self.checkpointer.model
-        load_strict(ensemble.modelTeacher, teacher_state(path), f"SSL.TEACHER_CKPT '{path}'")
-        logger.info("Loaded the teacher from %s", path)
+        load_teacher(ensemble.modelTeacher, self.cfg)
+        logger.info("Loaded the teacher from %s", self.cfg.SSL.TEACHER_CKPT)
+        # The student starts from MODEL.WEIGHTS: a backbone initialisation (ImageNet R-50.pkl) or a full checkpoint.
         if self.cfg.MODEL.WEIGHTS:
-            load_weights(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS)
+            load_checkpoint(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
         self.start_iter = 0

@@ -4,14 +4,22 @@ import time
 from typing import Dict, List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
+from cad.checkpoint.loader import CadCheckpointer
 from cad.data.mapper import CadDatasetMapper
 from cad.engine.trainer import TRAINER_REGISTRY
 
 logger = logging.getLogger(__name__)
+
+
+def build_loaded_model(cfg, weights: str = "") -> torch.nn.Module:
+    """The model `cfg` builds, with `weights` (default MODEL.WEIGHTS) loaded by cad's rule
+    (`cad.checkpoint.loader`: a full checkpoint, strictly), in eval mode."""
+    model = TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg)
+    CadCheckpointer(model, cfg=cfg).load(weights or cfg.MODEL.WEIGHTS, checkpointables=[])
+    return model.eval()
 
 
 @torch.no_grad()
@@ -19,9 +27,7 @@ def predict_coco_results(cfg, dataset_name: str, num_images: int) -> List[Dict]:
     """COCO-format results (image_id, bbox XYWH, score, RLE segmentation for masks) of the model
     `cfg` builds (weights from MODEL.WEIGHTS) on the first `num_images` images of `dataset_name`,
     mapped as at test time (`CadDatasetMapper`, INPUT.MIN_SIZE_TEST/FORMAT)."""
-    model = TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg)
-    DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    model.eval()
+    model = build_loaded_model(cfg)
     dicts = DatasetCatalog.get(dataset_name)[:num_images]
     loader = build_detection_test_loader(dicts, mapper=CadDatasetMapper(cfg, is_train=False))
     results: List[Dict] = []
@@ -40,9 +46,7 @@ def benchmark_inference(cfg, dataset_name: str, num_images: int, warmup: int = 1
     """
     from cad.engine.benchmark import peak_memory_mb
 
-    model = TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg)
-    DetectionCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    model.eval()
+    model = build_loaded_model(cfg)
     method = getattr(model, "method", None)
     inside = [0.0]
     if method is not None:

@@ -8,15 +8,11 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
-from cad.config import add_cad_config, check_choices
+from cad.config import ConfigError, add_cad_config, check_choices
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config file, key, value or dataset name that cannot be used."""
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:

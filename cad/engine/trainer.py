@@ -11,7 +11,6 @@ import weakref
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -19,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
+from cad.checkpoint.loader import CadCheckpointer
 from cad.data.mapper import CadDatasetMapper
 from cad.engine.distributed import broadcast_buffers
 from cad.engine.preemption import PreemptionHook
@@ -65,7 +65,8 @@ class CadTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model, self._trainer = self.build_training(cfg)
         self.scheduler = self.build_lr_scheduler(cfg, self._trainer.optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # MODEL.WEIGHTS / --resume by cad's loading rule (strict; backbone-only files allowed here).
+        self.checkpointer = CadCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, for_training=True, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

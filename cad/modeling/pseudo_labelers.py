@@ -15,6 +15,11 @@ resized back to (height, width) first, with a warning.
 
 These models have no trainable parameters (`trainable = False`): `tools/train_net.py` refuses to
 train them and evaluates them with `--eval-only`.
+
+Weights: the ViT files are `CAD.DISCOVERY.WEIGHTS` (one per `CAD.DISCOVERY.ARCHS` entry, "" = the
+torch.hub cache). The single-ViT methods (LOST, MaskCut) also take the official DINO file as
+`MODEL.WEIGHTS`, as any Detectron2 model does; VoteCut (several ViTs) refuses it. cad's
+checkpointer calls `load_own_weights`, which loads the ViTs (strictly, `build_vit`) right away.
 """
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,7 +32,8 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch import nn
 
-from cad.backbones.vit import resolve_weights
+from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, resolve_weights
+from cad.config import ConfigError
 from cad.discovery.export import normalize_annotation
 from cad.discovery.method import DiscoveryImage, MethodOptions, method_class
 from cad.utils.masks import decode_mask
@@ -46,6 +52,26 @@ def models_from_cfg(cfg) -> Tuple[Tuple[str, Optional[str]], ...]:
         )
     weights = weights or [""] * len(archs)
     return tuple((a, w or None) for a, w in zip(archs, weights))
+
+
+def models_with_model_weights(
+    models: Tuple[Tuple[str, Optional[str]], ...], weights: str, method: type, name: str
+) -> Tuple[Tuple[str, Optional[str]], ...]:
+    """`models` with MODEL.WEIGHTS `weights` as the file of the method's single ViT.
+
+    Raises `ConfigError` for a method with several ViTs (`VoteCut`) or when CAD.DISCOVERY.WEIGHTS
+    names another file."""
+    if not getattr(method, "default_arch", None):
+        raise ConfigError(
+            f"{name} runs several ViTs: give their files in CAD.DISCOVERY.WEIGHTS (one per CAD.DISCOVERY.ARCHS "
+            "entry), not MODEL.WEIGHTS"
+        )
+    arch, own = models[0] if models else (method.default_arch, None)
+    if len(models) > 1:
+        raise ConfigError(f"{name} uses one ViT but CAD.DISCOVERY.ARCHS has {len(models)}")
+    if own and own != weights:
+        raise ConfigError(f"MODEL.WEIGHTS '{weights}' and CAD.DISCOVERY.WEIGHTS '{own}' both give the {name} ViT: keep one")
+    return ((arch, weights),)
 
 
 def vit_overrides_from_cfg(cfg) -> Dict[str, int]:
@@ -103,9 +129,10 @@ class PseudoLabeler(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
-        options = MethodOptions(
-            models=models_from_cfg(cfg), device=cfg.MODEL.DEVICE, crf=bool(cfg.CAD.DISCOVERY.CRF)
-        )
+        models = models_from_cfg(cfg)
+        if cfg.MODEL.WEIGHTS:
+            models = models_with_model_weights(models, cfg.MODEL.WEIGHTS, method_class(cls.method_name), cls.__name__)
+        options = MethodOptions(models=models, device=cfg.MODEL.DEVICE, crf=bool(cfg.CAD.DISCOVERY.CRF))
         kwargs = dict(cls.method_kwargs_from_cfg(cfg), amp=cfg.CAD.DISCOVERY.AMP or None, **vit_overrides_from_cfg(cfg))
         return {"options": options, "method_kwargs": kwargs, "input_format": cfg.INPUT.FORMAT}
 
@@ -113,6 +140,18 @@ class PseudoLabeler(nn.Module):
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
         """Constructor arguments of the method class beyond `MethodOptions` and the ViT overrides."""
         return {}
+
+    def load_own_weights(self, path: str) -> None:
+        """Called by cad's checkpointer (`cad.checkpoint.loader`) with MODEL.WEIGHTS, which
+        `from_config` already gave the ViT: load the ViT(s) now, strictly, so that a wrong file
+        fails here with one line rather than at the first image."""
+        configured = {w for _, w in self.options.models}
+        if path and path not in configured:
+            raise ConfigError(f"{type(self).__name__} reads its ViT weights from its config, not from '{path}'")
+        try:
+            getattr(self.method, "vits", None) or self.method.model
+        except (CheckpointLayoutError, WeightsNotFoundError) as e:
+            raise ConfigError(str(e)) from e
 
     def _image(self, index: int, inputs: Dict) -> DiscoveryImage:
         """The original-size RGB image of one batched input."""

@@ -1,7 +1,7 @@
 """Motion-model inference on a split and PNG strips of frames, GT and slot masks."""
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import cv2
 import numpy as np
@@ -42,16 +42,21 @@ def slot_strip(frames: torch.Tensor, gt: Optional[torch.Tensor], masks: torch.Te
 
 
 @torch.no_grad()
-def predict_clips(model: torch.nn.Module, cfg, dataset: str, num_clips: Optional[int] = None) -> List[Dict]:
-    """Run `model` (eval mode) on the first `num_clips` clips of `dataset`; returns per clip
-    {"input": mapped dict, "output": {"masks", "fg"}}."""
+def predict_clip_dicts(model: torch.nn.Module, cfg, clips: Iterable[Dict]) -> List[Dict]:
+    """Run `model` (eval mode) on clip dicts (`cad.data.motion` format, `clip_start` >= 0);
+    returns per clip {"input": mapped dict, "output": {"masks", "fg"}}."""
     mapper = MotionClipMapper(cfg, is_train=False, with_range=cfg.MODEL.META_ARCHITECTURE == "XMOD")
     model.eval()
     out = []
-    for d in DatasetCatalog.get(dataset)[:num_clips]:
+    for d in clips:
         inp = mapper(d)
         out.append({"input": inp, "output": model([inp])[0]})
     return out
+
+
+def predict_clips(model: torch.nn.Module, cfg, dataset: str, num_clips: Optional[int] = None) -> List[Dict]:
+    """`predict_clip_dicts` on the first `num_clips` clips of the split `dataset`."""
+    return predict_clip_dicts(model, cfg, DatasetCatalog.get(dataset)[:num_clips])
 
 
 def write_strips(results: List[Dict], out_dir: Path) -> List[Path]:
