@@ -18,7 +18,7 @@ def test_hook_times_the_window_after_skipped_iterations(monkeypatch, caplog):
     hook = EtaHook(window=4, skip=2)
     hook.trainer = trainer
     hook.before_train()
-    with caplog.at_level(logging.INFO, logger="cad.engine.eta"):
+    with caplog.at_level(logging.INFO, logger="detectron2.cad.eta"):
         for trainer.iter in range(5, 105):
             hook.after_step()
     # Timed iterations 7..10: clock(10) - clock(6) = 200 - 96 = 104 s over 4 iterations; 94 left after 10.

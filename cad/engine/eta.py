@@ -4,7 +4,8 @@ import time
 
 from detectron2.engine import HookBase
 
-logger = logging.getLogger(__name__)
+# Under Detectron2's logger: train_net shows its INFO lines on stdout and in OUTPUT_DIR/log.txt.
+logger = logging.getLogger("detectron2.cad.eta")
 
 
 def eta_message(seconds_per_iter: float, iterations_left: int) -> str:

@@ -7,7 +7,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from cad.engine.setup import build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
@@ -20,7 +19,6 @@ def setup(args: argparse.Namespace):
     """Frozen config for this process, with Detectron2's logging/output-dir setup."""
     cfg = build_cfg(args)
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cad")  # cad's INFO lines too
     if cfg.CAD.NUM_THREADS > 0:
         torch.set_num_threads(cfg.CAD.NUM_THREADS)
     return cfg
