@@ -9,12 +9,16 @@ DEMO_OUT ?= output/demo
 install:
 	bash install/install.sh
 
+# The demo's wall time is measured from after the installation to the printed metrics and PNGs.
 demo: install
-	$(PY) tools/make_synthetic.py --splits synthetic_shapes_train synthetic_shapes_val
-	$(PY) tools/train_net.py --config-file $(DEMO_CFG) DATASETS.TEST "()" OUTPUT_DIR $(DEMO_OUT)
+	@start=$$(date +%s); \
+	$(PY) tools/make_synthetic.py --splits synthetic_shapes_train synthetic_shapes_val && \
+	$(PY) tools/train_net.py --config-file $(DEMO_CFG) DATASETS.TEST "()" OUTPUT_DIR $(DEMO_OUT) && \
 	$(PY) tools/train_net.py --config-file $(DEMO_CFG) --eval-only \
-		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth OUTPUT_DIR $(DEMO_OUT)/eval
-	@echo "metrics: $(DEMO_OUT)/eval/eval_results.json; PNGs: $(DEMO_OUT)/eval/inference/synthetic_shapes_val/vis/"
+		MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth OUTPUT_DIR $(DEMO_OUT)/eval && \
+	secs=$$(( $$(date +%s) - start )) && \
+	echo "metrics: $(DEMO_OUT)/eval/eval_results.json; PNGs: $(DEMO_OUT)/eval/inference/synthetic_shapes_val/vis/" && \
+	echo "make demo: data + training + evaluation + PNGs took $$((secs / 60)) min $$((secs % 60)) s"
 
 test: install
 	$(PY) -m pytest -q tests

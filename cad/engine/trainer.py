@@ -21,6 +21,7 @@ from detectron2.utils.registry import Registry
 from cad.checkpoint.loader import CadCheckpointer
 from cad.data.mapper import CadDatasetMapper
 from cad.engine.distributed import broadcast_buffers
+from cad.engine.eta import EtaHook
 from cad.engine.preemption import PreemptionHook
 from cad.evaluation.build import build_evaluator
 from cad.utils.io import atomic_write_json
@@ -73,8 +74,10 @@ class CadTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List:
-        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)."""
-        return super().build_hooks() + [PreemptionHook()]
+        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)
+        and `EtaHook` (a training-time estimate after the first iterations, main process)."""
+        hooks = super().build_hooks() + [PreemptionHook()]
+        return hooks + [EtaHook()] if comm.is_main_process() else hooks
 
     def state_dict(self) -> Dict:
         """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).
