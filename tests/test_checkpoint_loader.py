@@ -310,13 +310,15 @@ def test_declared_partial_initialisation(tiny, tmp_path):
         load_checkpoint(_model(declared), str(path), declared)  # evaluation stays strict
 
 
-def test_xmod_tri_pd_starts_from_a_diod_file(tmp_path):
-    """configs/xMOD/xmod_tri_pd.yaml: MODEL.WEIGHTS is the DIOD TRI-PD model (2D networks only)."""
+def test_xmod_starts_from_a_cad_diod_file_with_declared_3d(tmp_path):
+    """A cad-trained DIOD file (2D networks only) into xMOD, the 3D networks declared in
+    CAD.WEIGHTS_MAY_MISS (the official files go through CAD.MOTION.WEIGHTS_3D instead)."""
     diod_cfg = _cfg(REPO / "configs" / "DIOD" / "diod_tri_pd_ts.yaml")
     diod = _randomize(_model(diod_cfg), 7)
     path = tmp_path / "diod_model_final.pth"
     torch.save({"model": diod.state_dict()}, path)
-    cfg = _cfg(REPO / "configs" / "xMOD" / "xmod_tri_pd.yaml", "MODEL.WEIGHTS", str(path))
+    cfg = _cfg(REPO / "configs" / "xMOD" / "xmod_tri_pd.yaml", "MODEL.WEIGHTS", str(path), "CAD.MOTION.WEIGHTS_3D", "",
+               "CAD.WEIGHTS_MAY_MISS", "['students.3d.', 'teachers.3d.']")
     xmod = _model(cfg)
     load_checkpoint(xmod, str(path), cfg, for_training=True)
     for k, v in diod.state_dict().items():
