@@ -1,6 +1,7 @@
 """Class-agnostic COCO JSON of pseudo-labels: RLE encoding, annotation checks, assembly.
 
-The format (DESIGN.md, "Command-line contracts"): `images` (id, file_name, width, height),
+The format (written by `tools/discover.py`, read by the `imagenet_train_{maskcut,votecut}` splits):
+`images` (id, file_name, width, height),
 `annotations` (id, image_id, category_id 1, bbox [x, y, w, h] in original pixels, score, area,
 iscrowd 0, and for mask methods `segmentation` as compressed RLE at the original size),
 `categories` [{id: 1, name: "object"}].
