@@ -9,7 +9,7 @@ from detectron2.engine import default_argument_parser
 from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
-from cad.engine.launch import launch
+from cad.engine.launch import LaunchError, check_launch, launch
 from cad.engine.setup import ConfigError, build_cfg, check_trainable, check_weights
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def run(argv: Optional[List[str]] = None) -> int:
         if not args.eval_only:
             check_trainable(cfg)
         check_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.resume)
+        if not args.slurm:  # a SLURM job's processes run on its nodes, not on this machine
+            check_launch(args.num_gpus, args.num_machines, args.dist_url)
         if args.slurm:
             from cad.engine.slurm import submit
 
@@ -69,7 +71,8 @@ def run(argv: Optional[List[str]] = None) -> int:
             print(f"submitted job {job.job_id}")
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError) as e:
+    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError,
+            LaunchError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0
