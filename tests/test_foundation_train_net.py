@@ -76,6 +76,30 @@ def test_bad_config_key(tmp_path):
     _one_line_error(_train(tmp_path, "SOLVER.NO_SUCH_KEY", "1"), r"bad config .*SOLVER.NO_SUCH_KEY")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("MODEL: [\n", r"is not valid YAML \(.* at line 2, column 1\)$"),
+        ("# Title\n\nSome text: with a colon: here\n", r"is not valid YAML \(mapping values are not allowed here at line 3, column 24\)$"),
+        ("- a\n- b\n", r"is not a Detectron2 config \(expected KEY: VALUE mappings\)$"),
+        (None, r"is a folder; pass a .yaml file$"),
+    ],
+)
+def test_config_file_that_is_not_a_config(tmp_path, content, message):
+    import argparse
+
+    from cad.engine.setup import build_cfg
+
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        build_cfg(argparse.Namespace(config_file=str(path), opts=[]))
+    assert "\n" not in str(info.value)
+
+
 def test_value_outside_its_choices(tmp_path):
     _one_line_error(_train(tmp_path, "CAD.MOTION.ENCODER_NORM", "LN"), r"CAD.MOTION.ENCODER_NORM is 'LN'; expected one of BN, GN")
 

@@ -5,6 +5,7 @@ import logging
 import os
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
@@ -28,9 +29,11 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
     add_cad_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file)
+        _merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(list(args.opts))
         check_choices(cfg)
+    except ConfigError:
+        raise
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {e.filename or args.config_file}") from e
     except (KeyError, ValueError, AssertionError) as e:
@@ -43,6 +46,21 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     adapt_to_device(cfg)
     cfg.freeze()
     return cfg
+
+
+def _merge_config_file(cfg: CfgNode, path: str) -> None:
+    """`cfg.merge_from_file(path)`, with `ConfigError` for a file that is not a YAML mapping."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config-file '{path}' is a folder; pass a .yaml file")
+    try:
+        cfg.merge_from_file(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({problem}{where})") from e
+    except (AttributeError, TypeError) as e:  # the YAML is a scalar or a list, not KEY: VALUE pairs
+        raise ConfigError(f"config file '{path}' is not a Detectron2 config (expected KEY: VALUE mappings)") from e
 
 
 def check_datasets(names) -> None:
