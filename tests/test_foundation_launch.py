@@ -73,8 +73,10 @@ def test_check_launch_refuses_what_the_machine_cannot_run(monkeypatch):
         check_launch(3)
     with pytest.raises(LaunchError, match="must be >= 1"):
         check_launch(0)
-    with pytest.raises(LaunchError, match="--dist-url auto works on one machine only"):
-        check_launch(1, num_machines=2)
+    for url in ("auto", "tcp://127.0.0.1:29500"):
+        with pytest.raises(LaunchError, match="^--num-machines 2 needs --dist-url tcp://HOST:PORT"):
+            check_launch(1, num_machines=2, dist_url=url)
+    assert train_argument_parser().parse_args(["--config-file", "x.yaml"]).dist_url == "auto"  # a free port
     check_launch(1, num_machines=2, dist_url="tcp://host0:29500")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -127,7 +127,14 @@ def test_check_weights_rules(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         check_weights(missing, str(tmp_path), resume=True)  # nothing to resume from
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    with pytest.raises(ConfigError, match=r"last_checkpoint names 'model_0000001.pth', which does not exist"):
+        check_weights(missing, str(tmp_path), resume=True)  # a killed run's tag without its file
+    torch.save({"iteration": 1}, tmp_path / "model_0000001.pth")
     check_weights(missing, str(tmp_path), resume=True)  # --resume loads the last checkpoint instead
+    data = (tmp_path / "model_0000001.pth").read_bytes()
+    (tmp_path / "model_0000001.pth").write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(ConfigError, match=r"is not a complete PyTorch checkpoint"):
+        check_weights(missing, str(tmp_path), resume=True)
 
 
 def test_missing_dataset_dir(tmp_path):

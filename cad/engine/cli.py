@@ -24,6 +24,9 @@ EXAMPLES = """examples:
 def train_argument_parser() -> argparse.ArgumentParser:
     """Detectron2's standard arguments plus cad's dataset and SLURM options."""
     parser = default_argument_parser(epilog=EXAMPLES)
+    # Detectron2's default is a fixed port per user, so two runs on one machine would join each
+    # other's process group; "auto" takes a free port (several machines: pass tcp://HOST:PORT).
+    parser.set_defaults(dist_url="auto")
     parser.add_argument("--train-dataset", default="", help="override DATASETS.TRAIN with this one split")
     parser.add_argument("--test-dataset", default="", help="override DATASETS.TEST with this one split")
     slurm = parser.add_argument_group("SLURM (submitit)")

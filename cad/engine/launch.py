@@ -28,7 +28,7 @@ def check_launch(num_gpus_per_machine: int, num_machines: int = 1, dist_url: str
     """Raise `LaunchError` for a layout this machine cannot run: fewer than 1 process or machine;
     with CUDA, more processes than visible CUDA devices; without CUDA, more gloo CPU processes than
     usable cores (each would get less than a core, and the run would crawl rather than fail);
-    `dist_url` "auto" with several machines."""
+    several machines with `dist_url` "auto" or a loopback address."""
     if num_gpus_per_machine < 1 or num_machines < 1:
         raise LaunchError(f"--num-gpus and --num-machines must be >= 1 (got {num_gpus_per_machine}, {num_machines})")
     if torch.cuda.is_available():
@@ -42,8 +42,11 @@ def check_launch(num_gpus_per_machine: int, num_machines: int = 1, dist_url: str
                 f"--num-gpus {num_gpus_per_machine}: without CUDA that means {num_gpus_per_machine} CPU processes (gloo), "
                 f"but this machine has {cores} CPU core(s); use --num-gpus {cores} or fewer"
             )
-    if dist_url == "auto" and num_machines != 1:
-        raise LaunchError("--dist-url auto works on one machine only; pass --dist-url tcp://HOST:PORT of machine 0")
+    if num_machines != 1 and (dist_url == "auto" or any(h in dist_url for h in ("127.0.0.1", "localhost"))):
+        raise LaunchError(
+            f"--num-machines {num_machines} needs --dist-url tcp://HOST:PORT with HOST the address of machine 0 "
+            f"(got '{dist_url}', which other machines cannot reach)"
+        )
 
 
 def dist_backend() -> str:

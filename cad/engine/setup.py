@@ -3,6 +3,7 @@ import argparse
 import difflib
 import logging
 import os
+import zipfile
 
 import torch
 import yaml
@@ -116,9 +117,12 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
     exist, unless `resume` finds a checkpoint in `output_dir` (which then replaces it).
 
     Remote paths (`scheme://`) are left to Detectron2's PathManager. "" means random
-    initialisation, an error when `required`.
+    initialisation, an error when `required`. With `resume`, the checkpoint that
+    `output_dir/last_checkpoint` names must exist and be a complete PyTorch zip archive (what
+    cad's trainers save; a file cut short by a crash or a full disk is not one).
     """
     if resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        check_resume_checkpoint(output_dir)
         return
     if not path:
         if required:
@@ -129,3 +133,15 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
             f"MODEL.WEIGHTS '{path}' not found: train the stage that writes it first, or pass "
             "MODEL.WEIGHTS PATH ('' for random initialisation)"
         )
+
+
+def check_resume_checkpoint(output_dir: str) -> None:
+    """Raise `ConfigError` when `output_dir/last_checkpoint` names a missing or incomplete file."""
+    with open(os.path.join(output_dir, "last_checkpoint")) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    fix = f"delete {os.path.join(output_dir, 'last_checkpoint')} to start over, or write the name of a complete checkpoint into it"
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume: {output_dir}/last_checkpoint names '{name}', which does not exist; {fix}")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"--resume: '{path}' is not a complete PyTorch checkpoint (cut short?); {fix}")
