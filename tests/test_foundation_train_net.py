@@ -100,6 +100,16 @@ def test_config_file_that_is_not_a_config(tmp_path, content, message):
     assert "\n" not in str(info.value)
 
 
+def test_output_dir_that_is_a_file(tmp_path):
+    from cad.engine.setup import check_output_dir
+
+    (tmp_path / "file").write_text("x")
+    check_output_dir(str(tmp_path / "new" / "out"))  # made when training starts
+    for path in (tmp_path / "file", tmp_path / "file" / "out"):
+        with pytest.raises(ConfigError, match=rf"^OUTPUT_DIR '{path}': '{tmp_path / 'file'}' is a file, not a folder$"):
+            check_output_dir(str(path))
+
+
 def test_value_outside_its_choices(tmp_path):
     _one_line_error(_train(tmp_path, "CAD.MOTION.ENCODER_NORM", "LN"), r"CAD.MOTION.ENCODER_NORM is 'LN'; expected one of BN, GN")
 

@@ -10,7 +10,7 @@ from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.engine.launch import LaunchError, check_launch, launch
-from cad.engine.setup import ConfigError, build_cfg, check_trainable, check_weights
+from cad.engine.setup import ConfigError, build_cfg, check_output_dir, check_trainable, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         cfg = build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
         if not args.eval_only:
             check_trainable(cfg)
+        check_output_dir(cfg.OUTPUT_DIR)
         check_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.resume)
         if not args.slurm:  # a SLURM job's processes run on its nodes, not on this machine
             check_launch(args.num_gpus, args.num_machines, args.dist_url)

@@ -145,3 +145,12 @@ def check_resume_checkpoint(output_dir: str) -> None:
         raise ConfigError(f"--resume: {output_dir}/last_checkpoint names '{name}', which does not exist; {fix}")
     if not zipfile.is_zipfile(path):
         raise ConfigError(f"--resume: '{path}' is not a complete PyTorch checkpoint (cut short?); {fix}")
+
+
+def check_output_dir(path: str, option: str = "OUTPUT_DIR") -> None:
+    """Raise `ConfigError` when `path` (or the nearest existing folder above it) is a file."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{option} '{path}': '{probe}' is a file, not a folder")
