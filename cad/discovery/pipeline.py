@@ -209,27 +209,27 @@ def run_stage1(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Opti
     if not todo:
         return 0
     method = method or build_method(cfg.method, cfg.options)
-    bar = tqdm(total=sum(len(c) for _, c in todo), desc=f"{cfg.method} stage 1", unit="img")
-    for k, chunk, decoded in _decoded_chunks(todo, threads=max(2, cfg.workers)):
-        meta: Dict = {"images": [], "unreadable": []}
-        images: List[DiscoveryImage] = []
-        for index, (record, (image, error)) in enumerate(zip(chunk, decoded)):
-            if image is None:
-                meta["unreadable"].append(_warn_unreadable(record, error))
-                continue
-            h, w = image.shape[:2]
-            meta["images"].append({"index": index, **image_entry(record.image_id, record.file_name, h, w)})
-            images.append(DiscoveryImage(record.image_id, record.file_name, image))
-        arrays: List[Dict[str, np.ndarray]] = []
-        for start in range(0, len(images), cfg.batch_size):
-            batch = images[start : start + cfg.batch_size]
-            out = method.stage1(batch)
-            _check_stage1_output(cfg.method, batch, out)
-            arrays += out
-            bar.update(len(batch))
-        bar.update(len(meta["unreadable"]))
-        _save_stage1(_stage1_path(cfg, k), meta, arrays)
-    bar.close()
+    # closed (a newline on the terminal) also when a method raises, so an error line starts on its own line
+    with tqdm(total=sum(len(c) for _, c in todo), desc=f"{cfg.method} stage 1", unit="img") as bar:
+        for k, chunk, decoded in _decoded_chunks(todo, threads=max(2, cfg.workers)):
+            meta: Dict = {"images": [], "unreadable": []}
+            images: List[DiscoveryImage] = []
+            for index, (record, (image, error)) in enumerate(zip(chunk, decoded)):
+                if image is None:
+                    meta["unreadable"].append(_warn_unreadable(record, error))
+                    continue
+                h, w = image.shape[:2]
+                meta["images"].append({"index": index, **image_entry(record.image_id, record.file_name, h, w)})
+                images.append(DiscoveryImage(record.image_id, record.file_name, image))
+            arrays: List[Dict[str, np.ndarray]] = []
+            for start in range(0, len(images), cfg.batch_size):
+                batch = images[start : start + cfg.batch_size]
+                out = method.stage1(batch)
+                _check_stage1_output(cfg.method, batch, out)
+                arrays += out
+                bar.update(len(batch))
+            bar.update(len(meta["unreadable"]))
+            _save_stage1(_stage1_path(cfg, k), meta, arrays)
     return len(todo)
 
 
@@ -343,7 +343,7 @@ def run_stage2(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Opti
         for k, meta, jobs in in_flight:
             if all(not job.cancelled() and job.exception() is None for _, _, job in jobs):
                 write_chunk(k, meta, jobs)
-    bar.close()
+        bar.close()
     return len(todo)
 
 
