@@ -13,6 +13,14 @@ from cad.evaluation.pseudo_masks import evaluate_pseudo_masks
 from cad.utils.io import atomic_write_json
 
 
+def _read_json(path: Path, option: str):
+    """The parsed JSON file; OSError when unreadable, ValueError (naming the option) when not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{option} '{path}' is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", required=True, type=Path, help="ground-truth COCO JSON (any categories)")
@@ -21,10 +29,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="metrics JSON (default: next to --pred, *_metrics_<iou-type>.json)")
     args = parser.parse_args(argv)
     try:
-        gt, pred = (json.loads(p.read_text()) for p in (args.gt, args.pred))
+        gt, pred = _read_json(args.gt, "--gt"), _read_json(args.pred, "--pred")
+        if not isinstance(gt, dict) or not {"images", "annotations"} <= set(gt):
+            raise ValueError(f"--gt '{args.gt}' is not a COCO annotation file (needs 'images' and 'annotations')")
+        if not (isinstance(pred, list) or (isinstance(pred, dict) and "annotations" in pred)):
+            raise ValueError(f"--pred '{args.pred}' is neither a COCO file with 'annotations' nor a COCO results list")
         metrics = evaluate_pseudo_masks(gt, pred, args.iou_type)
     except (OSError, ValueError, KeyError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {e}" if isinstance(e, ValueError) else f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     out = args.out or args.pred.with_name(f"{args.pred.stem}_metrics_{args.iou_type}.json")
