@@ -127,6 +127,16 @@ def surviving_previous(previous: List[Dict], new: List[Dict], image: Dict, iou_t
     return [dict(a, segmentation=r) for a, r, m in zip(previous, old_rles, ious.max(axis=1)) if m < iou_thresh]
 
 
+def _read_json(path: Path):
+    """The parsed JSON file, or `SelfTrainingError` naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise SelfTrainingError(f"cannot read {path}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise SelfTrainingError(f"{path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+
+
 def build_self_training_json(
     predictions_file: Path, coco_ann_file: Path, threshold: float,
     keep_previous: bool = False, min_box_size: float = 1.0,
@@ -134,11 +144,7 @@ def build_self_training_json(
     """The class-agnostic training JSON (dict) from predictions and the split's annotation file
     (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
     merged as in CutLER)."""
-    try:
-        predictions = json.loads(Path(predictions_file).read_text())
-        coco = json.loads(Path(coco_ann_file).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SelfTrainingError(f"cannot read {e.filename if isinstance(e, OSError) else 'JSON'}: {e}") from e
+    predictions, coco = _read_json(Path(predictions_file)), _read_json(Path(coco_ann_file))
     if not isinstance(predictions, list) or "images" not in coco:
         raise SelfTrainingError(f"{predictions_file} must be a COCO results list and {coco_ann_file} a COCO JSON with 'images'")
     images = {im["id"]: im for im in coco["images"]}
@@ -172,6 +178,8 @@ def write_self_training_json(
     keep_previous: bool = False, min_box_size: float = 1.0,
 ) -> Path:
     """Find the predictions, build the JSON and write it atomically; returns its path."""
+    if not 0.0 <= threshold <= 1.0:
+        raise SelfTrainingError(f"--threshold {threshold}: a score threshold lies in [0, 1]")
     data = build_self_training_json(
         find_predictions(detectron2_out_dir), coco_ann_file, threshold, keep_previous, min_box_size
     )
