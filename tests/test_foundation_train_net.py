@@ -152,6 +152,12 @@ def test_missing_dataset_dir(tmp_path):
     _one_line_error(proc, r"dataset 'voc07_test': expected '.*VOC2007.*'.*DETECTRON2_DATASETS.*datasets/README.md")
 
 
+def test_make_synthetic_root_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_tool("make_synthetic.py", "--root", str(tmp_path / "file"), "--splits", "synthetic_shapes_tiny_val")
+    _one_line_error(proc, rf"^error: --root '{tmp_path / 'file'}': '{tmp_path / 'file'}' is a file, not a folder$")
+
+
 def _corrupt_split(tmp_path, split: str, folder: str, corrupt: range) -> dict:
     """Generate `split` under a private root and overwrite its images number `corrupt` with garbage."""
     root = tmp_path / "ds"
