@@ -126,6 +126,16 @@ def test_visualize_live_model_with_missing_weights(tmp_path):
     assert not (tmp_path / "vis").exists()
 
 
+def test_visualize_bad_results_and_out(tmp_path):
+    (tmp_path / "notes.json").write_text("hello")
+    proc = run_tool("visualize.py", "--dataset", "synthetic_shapes_tiny_val", "--results", str(tmp_path / "notes.json"),
+                    "--out", str(tmp_path / "vis"))
+    _one_line_error(proc, rf"^error: --results '{tmp_path / 'notes.json'}' is not JSON \(Expecting value at line 1, column 1\)$")
+    assert not (tmp_path / "vis").exists()
+    proc = run_tool("visualize.py", "--dataset", "synthetic_shapes_tiny_val", "--out", str(tmp_path / "notes.json"))
+    _one_line_error(proc, r"^error: --out '.*notes.json': '.*notes.json' is a file, not a folder$")
+
+
 def test_check_weights_rules(tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(ConfigError, match="not found"):

@@ -5,20 +5,11 @@ Example: tools/eval_pseudo_masks.py --gt datasets/coco/annotations/instances_val
     --pred pseudo_val2017.json --iou-type segm --out metrics.json
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from cad.evaluation.pseudo_masks import evaluate_pseudo_masks
-from cad.utils.io import atomic_write_json
-
-
-def _read_json(path: Path, option: str):
-    """The parsed JSON file; OSError when unreadable, ValueError (naming the option) when not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{option} '{path}' is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+from cad.utils.io import atomic_write_json, read_coco_results, read_json
 
 
 def main(argv=None) -> int:
@@ -29,11 +20,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="metrics JSON (default: next to --pred, *_metrics_<iou-type>.json)")
     args = parser.parse_args(argv)
     try:
-        gt, pred = _read_json(args.gt, "--gt"), _read_json(args.pred, "--pred")
+        gt, pred = read_json(args.gt, "--gt"), read_coco_results(args.pred, "--pred")
         if not isinstance(gt, dict) or not {"images", "annotations"} <= set(gt):
             raise ValueError(f"--gt '{args.gt}' is not a COCO annotation file (needs 'images' and 'annotations')")
-        if not (isinstance(pred, list) or (isinstance(pred, dict) and "annotations" in pred)):
-            raise ValueError(f"--pred '{args.pred}' is neither a COCO file with 'annotations' nor a COCO results list")
         metrics = evaluate_pseudo_masks(gt, pred, args.iou_type)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}" if isinstance(e, ValueError) else f"error: {type(e).__name__}: {e}", file=sys.stderr)

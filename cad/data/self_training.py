@@ -11,7 +11,6 @@ of their image is < 0.5 are kept as well.
 Register the result as a training split with `register_self_training_split`; the reference
 rounds' files are predefined splits (`register_self_training_splits`, datasets/README.md).
 """
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -21,7 +20,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from cad.data.coco import register_class_agnostic_coco
-from cad.utils.io import atomic_write_json
+from cad.utils.io import InputFileError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +129,9 @@ def surviving_previous(previous: List[Dict], new: List[Dict], image: Dict, iou_t
 def _read_json(path: Path):
     """The parsed JSON file, or `SelfTrainingError` naming the file."""
     try:
-        return json.loads(path.read_text())
-    except OSError as e:
-        raise SelfTrainingError(f"cannot read {path}: {e.strerror}") from e
-    except json.JSONDecodeError as e:
-        raise SelfTrainingError(f"{path} is not JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+        return read_json(path, "file")
+    except InputFileError as e:
+        raise SelfTrainingError(str(e)) from e
 
 
 def build_self_training_json(
