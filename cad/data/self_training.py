@@ -126,10 +126,10 @@ def surviving_previous(previous: List[Dict], new: List[Dict], image: Dict, iou_t
     return [dict(a, segmentation=r) for a, r, m in zip(previous, old_rles, ious.max(axis=1)) if m < iou_thresh]
 
 
-def _read_json(path: Path):
-    """The parsed JSON file, or `SelfTrainingError` naming the file."""
+def _read_json(path: Path, what: str):
+    """The parsed JSON file, or `SelfTrainingError` naming `what` and the file."""
     try:
-        return read_json(path, "file")
+        return read_json(path, what)
     except InputFileError as e:
         raise SelfTrainingError(str(e)) from e
 
@@ -141,7 +141,8 @@ def build_self_training_json(
     """The class-agnostic training JSON (dict) from predictions and the split's annotation file
     (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
     merged as in CutLER)."""
-    predictions, coco = _read_json(Path(predictions_file)), _read_json(Path(coco_ann_file))
+    predictions = _read_json(Path(predictions_file), "predictions")
+    coco = _read_json(Path(coco_ann_file), "--coco-ann-path")
     if not isinstance(predictions, list) or "images" not in coco:
         raise SelfTrainingError(f"{predictions_file} must be a COCO results list and {coco_ann_file} a COCO JSON with 'images'")
     images = {im["id"]: im for im in coco["images"]}
