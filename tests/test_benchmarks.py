@@ -1,4 +1,5 @@
 """tools/benchmarks/: the shared timing/peak-memory helper, and a benchmark script end to end."""
+import importlib.util
 import json
 import sys
 import time
@@ -38,3 +39,25 @@ def test_lost_benchmark_script():
     assert r["patches"] == 20 and r["forward_s"] > 0 and r["lost_s"] > 0
     assert r["images_per_s"] == pytest.approx(1 / (r["forward_s"] + r["lost_s"]))
     assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("train_step.py", ["{missing}"]),
+        ("detector.py", ["--config", "{missing}"]),
+        ("metaarch.py", ["--config-file", "{missing}"]),
+        ("motion.py", ["--config-file", "{missing}"]),
+        ("guided_distillation.py", ["--config-file", "{missing}"]),
+    ],
+)
+def test_missing_config_is_one_line(tmp_path, capsys, monkeypatch, script, argv):
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", REPO / "tools" / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = str(tmp_path / "nope.yaml")
+    monkeypatch.setattr(sys, "argv", [script, *(a.format(missing=missing) for a in argv)])
+    assert module.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml" in err
+

@@ -110,19 +110,17 @@ def benchmark_step(cfg: CfgNode, variant: str, iters: int = 10, warmup: int = 2)
 
 
 
+def _cfg(args) -> CfgNode:
+    """The benchmark's config: `build_cfg` (one-line `ConfigError`s) without DataLoader workers."""
+    from cad.engine.setup import build_cfg
+
+    overrides = ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark-detector", *args.opts]
+    return build_cfg(argparse.Namespace(config_file=args.config, opts=overrides))
+
+
 def run_one(args) -> dict:
-    from detectron2.config import get_cfg
-
-    from cad.config import add_cad_config
-    from cad.engine.setup import adapt_to_device
-
     torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(args.config)
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark-detector", *args.opts])
-    adapt_to_device(cfg)
-    return benchmark_step(cfg, args.one, iters=args.iters, warmup=args.warmup)
+    return benchmark_step(_cfg(args), args.one, iters=args.iters, warmup=args.warmup)
 
 
 def main() -> int:
@@ -138,6 +136,13 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
+    from cad.engine.setup import ConfigError
+
+    try:
+        _cfg(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = {"stock": [], "cad_heads": [], "cad": []}
     for _ in range(args.rounds):
         for variant in results:

@@ -64,9 +64,13 @@ def main() -> int:
     if args.mode != "both":
         print(json.dumps(measure(args)))
         return 0
-    from cad.engine.setup import build_cfg
+    from cad.engine.setup import ConfigError, build_cfg
 
-    cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts))
+    try:
+        cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     both = cfg.SOLVER.IMS_PER_BATCH + cfg.SSL.IMS_PER_BATCH_UNLABELED
     runs = [  # (label, mode, extra overrides)
         ("supervised, labeled batch", "supervised", []),

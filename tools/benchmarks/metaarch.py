@@ -11,6 +11,7 @@ Examples (CPU, generated data; the synthetic configs use small random ViTs):
 """
 import argparse
 import json
+import sys
 from typing import Dict
 
 import torch
@@ -55,7 +56,7 @@ def benchmark_inference(cfg, dataset_name: str, num_images: int, warmup: int = 1
     return {**out, **peak_memory_mb()}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset", default="", help="split (default: the config's first DATASETS.TEST)")
@@ -65,14 +66,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cad.engine.setup import build_cfg
+    from cad.engine.setup import ConfigError, build_cfg
 
     args.test_dataset = args.dataset
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stats = benchmark_inference(cfg, cfg.DATASETS.TEST[0], args.num_images)
     print(json.dumps({"config": args.config_file, "dataset": cfg.DATASETS.TEST[0], "device": cfg.MODEL.DEVICE,
                       "threads": args.threads, **{k: round(v, 4) for k, v in stats.items()}}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,19 +35,19 @@ def benchmark_training(cfg, iters: int = 10, warmup: int = 3) -> Dict[str, float
     return {"s_per_iter": timer.total["step"] / iters, **peak_memory_mb()}
 
 
+def _cfg(config: str, opts):
+    """The benchmark's config: `build_cfg` (one-line `ConfigError`s) without DataLoader workers."""
+    from cad.engine.setup import build_cfg
+
+    overrides = ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark", *opts]
+    return build_cfg(argparse.Namespace(config_file=config, opts=overrides))
+
+
 def run_one(config: str, threads: int, iters: int, warmup: int, opts) -> dict:
     import torch
-    from detectron2.config import get_cfg
-
-    from cad.config import add_cad_config
-    from cad.engine.setup import adapt_to_device
 
     torch.set_num_threads(threads)
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark", *opts])
-    adapt_to_device(cfg)
+    cfg = _cfg(config, opts)
     return {"config": config, "threads": threads, "batch": cfg.SOLVER.IMS_PER_BATCH,
             **benchmark_training(cfg, iters=iters, warmup=warmup)}
 
@@ -64,6 +64,14 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_one(args.configs[0], args.threads[0], args.iters, args.warmup, args.opts)))
         return 0
+    from cad.engine.setup import ConfigError
+
+    try:
+        for config in args.configs:
+            _cfg(config, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for config in args.configs:
         for threads in args.threads:
             cmd = [sys.executable, __file__, "--one", config, "--threads", str(threads), "--iters", str(args.iters),
