@@ -5,6 +5,16 @@ evaluators, trainers) with Detectron2's registries.
 """
 import warnings
 
+try:
+    import detectron2  # noqa: F401
+except ModuleNotFoundError as e:
+    if e.name != "detectron2":
+        raise
+    raise ImportError(
+        "cad needs Detectron2 v0.6, which is not on PyPI: install it with `bash install/install.sh` "
+        "(patched CPU/CUDA build into .venv), or install Detectron2 v0.6 from source into this environment"
+    ) from None
+
 # Detectron2 0.6 decorates a few helpers with torch.jit.script, which torch 2.x deprecates.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 

@@ -149,14 +149,14 @@ def test_refine_without_crf_fills_holes_and_with_crf_snaps():
     grid[2, 2] = False
     image = np.full((60, 60, 3), 20, dtype=np.uint8)
     image[10:50, 10:50] = 230
-    mask, ok = refine_voted_mask(grid, image, crf=False)
-    assert not ok and mask[10:50, 10:50].all() and mask.sum() == 1600
+    mask, ok, error = refine_voted_mask(grid, image, crf=False)
+    assert not ok and error is None and mask[10:50, 10:50].all() and mask.sum() == 1600
     shifted = np.zeros((6, 6), dtype=bool)
     shifted[1:5, 2:6] = True  # one cell (10 px) right of the bright square
-    mask, ok = refine_voted_mask(shifted, image, crf=True)
+    mask, ok, error = refine_voted_mask(shifted, image, crf=True)
     truth = np.zeros((60, 60), dtype=bool)
     truth[10:50, 10:50] = True
-    assert ok and (mask & truth).sum() / (mask | truth).sum() > 0.95
+    assert ok and error is None and (mask & truth).sum() / (mask | truth).sum() > 0.95
 
 
 def test_refine_falls_back_when_crf_fails_or_disagrees(monkeypatch):
@@ -171,10 +171,10 @@ def test_refine_falls_back_when_crf_fails_or_disagrees(monkeypatch):
     def boom(img, m):
         raise RuntimeError("crf failed")
 
-    for fake in (empty, boom):
+    for fake, expected_error in ((empty, None), (boom, "RuntimeError: crf failed")):
         monkeypatch.setattr(vc, "dense_crf", fake)
-        mask, ok = refine_voted_mask(grid, image)
-        assert not ok
+        mask, ok, error = refine_voted_mask(grid, image)
+        assert not ok and error == expected_error
         np.testing.assert_array_equal(mask, up)
 
 

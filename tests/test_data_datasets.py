@@ -121,7 +121,7 @@ def _write_voc(root: Path) -> None:
     objects = "".join(
         f"<object><name>{c}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
         f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-        for c, b in [("dog", (1, 1, 50, 40)), ("car", (10, 20, 30, 60))]
+        for c, b in [("dog", (1, 1, 50, 40)), ("forklift", (10, 20, 30, 60))]  # forklift: not a VOC class
     )
     (root / "Annotations" / "000001.xml").write_text(
         f"<annotation><size><width>64</width><height>64</height></size>{objects}</annotation>"
@@ -129,6 +129,7 @@ def _write_voc(root: Path) -> None:
 
 
 def test_voc_loader_is_class_agnostic_with_pixel_shift(tmp_path):
+    """A VOC-format folder whose XML names a class outside VOC's 20 loads, every box class 0."""
     _write_voc(tmp_path / "VOC2007")
     register_class_agnostic_voc("test_voc_split", tmp_path / "VOC2007", "trainval", 2007, "class_agnostic")
     (record,) = DatasetCatalog.get("test_voc_split")

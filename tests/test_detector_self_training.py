@@ -85,6 +85,12 @@ def test_tool_writes_json_that_registers_and_loads(files):
         write_self_training_json(tmp / "eval", tmp / "missing.json", str(tmp / "x"), 0.2)
     with pytest.raises(SelfTrainingError, match="no coco_instances_results.json"):
         write_self_training_json(tmp / "images", ann, str(tmp / "x"), 0.2)
+    with pytest.raises(SelfTrainingError, match=r"^--threshold 2.0: a score threshold lies in \[0, 1\]$"):
+        write_self_training_json(tmp / "eval", ann, str(tmp / "x"), 2.0)
+    (tmp / "text.json").write_text("hello")
+    with pytest.raises(SelfTrainingError, match=r"^--coco-ann-path '.*text.json' is not JSON \(Expecting value at line 1, column 1\)$"):
+        write_self_training_json(tmp / "eval", tmp / "text.json", str(tmp / "x"), 0.2)
+    assert not list(tmp.glob("x*"))  # nothing written
 
 
 def test_keep_previous_merges_cutler_style(files):

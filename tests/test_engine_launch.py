@@ -53,3 +53,42 @@ def test_submitit_debug_executor_runs_and_requeue_resumes(tmp_path):
 
     requeued = TrainJob(main, args).checkpoint()
     assert requeued.function.args.resume is True and args.resume is False
+
+
+def test_check_launch_refuses_what_the_machine_cannot_run(monkeypatch):
+    import importlib
+
+    import pytest
+    import torch
+
+    from cad.engine.launch import LaunchError, check_launch
+
+    launch_module = importlib.import_module("cad.engine.launch")  # cad.engine.launch is also a function name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch_module, "usable_cpus", lambda: 2)
+    check_launch(2)
+    with pytest.raises(LaunchError, match=r"^--num-gpus 3: without CUDA that means 3 CPU processes \(gloo\), but this "
+                                          r"machine has 2 CPU core\(s\); use --num-gpus 2 or fewer$"):
+        check_launch(3)
+    with pytest.raises(LaunchError, match="must be >= 1"):
+        check_launch(0)
+    for url in ("auto", "tcp://127.0.0.1:29500"):
+        with pytest.raises(LaunchError, match="^--num-machines 2 needs --dist-url tcp://HOST:PORT"):
+            check_launch(1, num_machines=2, dist_url=url)
+    assert train_argument_parser().parse_args(["--config-file", "x.yaml"]).dist_url == "auto"  # a free port
+    check_launch(1, num_machines=2, dist_url="tcp://host0:29500")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_launch(1)
+    with pytest.raises(LaunchError, match=r"^--num-gpus 2, but this machine has 1 CUDA device\(s\)$"):
+        check_launch(2)
+
+
+def test_too_many_processes_is_one_line(tmp_path):
+    proc = run_tool("train_net.py", "--config-file", str(TINY_CONFIG), "--num-gpus", "4096", *TINY_OPTS,
+                    "OUTPUT_DIR", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: --num-gpus 4096") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written

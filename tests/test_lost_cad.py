@@ -83,3 +83,28 @@ def test_torchvision_resnet_conversion(tmp_path):
     assert set(converted) == expected and count == len(expected)
     np.testing.assert_array_equal(converted["res2.0.shortcut.norm.running_mean"], resnet.layer1[0].downsample[1].running_mean.numpy())
     np.testing.assert_array_equal(converted["stem.conv1.weight"], resnet.conv1.weight.detach().numpy())
+
+
+def test_convert_tool_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("convert_tool", REPO / "tools" / "convert_torchvision_resnet.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    torch.save([1, 2], tmp_path / "list.pth")
+    torch.save({"fc.weight": torch.zeros(1), "head.w": torch.zeros(1)}, tmp_path / "vit.pth")
+    cases = [
+        ("missing.pth", f"error: cannot read '{tmp_path / 'missing.pth'}': No such file or directory"),
+        ("notes.pth", f"error: '{tmp_path / 'notes.pth'}' is not a PyTorch checkpoint, or cut short (UnpicklingError)"),
+        ("list.pth", f"error: '{tmp_path / 'list.pth'}' holds a list, not a state dict"),
+        ("vit.pth", "error: 'head.w' is not a torchvision ResNet key"),
+    ]
+    for src, message in cases:
+        monkeypatch.setattr(sys, "argv", ["convert", str(tmp_path / src), str(tmp_path / "out.pkl")])
+        assert tool.main() == 2
+        assert capsys.readouterr().err == message + "\n"
+    assert not (tmp_path / "out.pkl").exists()

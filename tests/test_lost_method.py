@@ -65,11 +65,3 @@ def test_multi_object_method_keeps_the_single_box_first(method):
     for one, many in zip(single, multi):
         assert len(one) == 1 and len(many) >= 1
         np.testing.assert_array_equal(one[0].box, many[0].box)
-
-
-def test_benchmark_reports_forward_and_lost_times():
-    from cad.discovery.lost_benchmark import benchmark_lost
-
-    result = benchmark_lost(height=64, width=80, images=1, warmup=0)
-    assert result["patches"] == 20 and result["forward_s"] > 0 and result["lost_s"] > 0
-    assert result["images_per_s"] == pytest.approx(1 / (result["forward_s"] + result["lost_s"]))

@@ -6,6 +6,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
+import cad.discovery.votecut as votecut
 from cad.backbones.vit import save_random_checkpoint
 from cad.discovery.cli import run
 from cad.utils.masks import decode_mask
@@ -62,3 +63,21 @@ def test_votecut_shards_merge_to_single_run(tmp_path, checkpoint):
     assert max(a["score"] for a in one["annotations"]) == 1.0  # cluster size / largest cluster size
     arrays = np.load(tmp_path / "one_work" / "stage1" / "chunk_000000.npz")
     assert sorted(k for k in arrays.files if not k.startswith("__")) == ["0/eigvec_0", "0/eigvec_1"]
+
+
+def test_votecut_crf_failures_are_counted_and_reported(tmp_path, checkpoint, capsys, monkeypatch):
+    """A CRF that raises keeps the unrefined mask (CuVLER) and is counted in the summary and the JSON."""
+
+    def broken_crf(image, mask):
+        raise RuntimeError("forced CRF failure")
+
+    monkeypatch.setattr(votecut, "dense_crf", broken_crf)
+    make_images(tmp_path / "images", SIZES[:2])
+    out = tmp_path / "vc.json"
+    assert run(["votecut", "--images", str(tmp_path / "images"), "--models", f"dino_vits16={checkpoint}",
+                "--device", "cpu", "--chunk-size", "1", "--out", str(out)]) == 0
+    coco = json.loads(out.read_text())
+    n = len(coco["annotations"])
+    assert n >= 2  # at least one mask per image, every one of them through the broken CRF
+    assert coco["info"] == {"num_images": 2, "num_annotations": n, "unreadable_images": 0, "crf_failures": n}
+    assert f"{n} masks kept unrefined after a CRF error" in capsys.readouterr().out

@@ -95,3 +95,20 @@ def test_tool_prints_and_writes_json(tmp_path, capsys):
     assert main(argv[:3] + [str(tmp_path / "missing.json")] + argv[4:]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.json" in err
+
+
+def test_tool_input_that_is_not_coco_is_one_line(tmp_path, capsys):
+    (tmp_path / "gt.json").write_text(json.dumps(_gt()))
+    (tmp_path / "text.json").write_text("hello")
+    (tmp_path / "empty.json").write_text("{}")
+    main = _tool_main()
+    cases = [
+        ("text.json", "gt.json", f"error: --gt '{tmp_path / 'text.json'}' is not JSON (Expecting value at line 1, column 1)"),
+        ("empty.json", "gt.json", f"error: --gt '{tmp_path / 'empty.json'}' is not a COCO annotation file (needs 'images' and 'annotations')"),
+        ("gt.json", "empty.json", f"error: --pred '{tmp_path / 'empty.json'}' is neither a COCO file with 'annotations' nor a COCO results list"),
+    ]
+    for gt, pred, message in cases:
+        assert main(["--gt", str(tmp_path / gt), "--pred", str(tmp_path / pred), "--out", str(tmp_path / "m.json")]) == 2
+        assert capsys.readouterr().err == message + "\n"
+    assert not (tmp_path / "m.json").exists()
+

@@ -56,6 +56,19 @@ def test_lost_bad_weights_is_one_line(tmp_path, models, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
+def test_lost_weights_that_are_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    make_images(tmp_path / "images", [(32, 32)])
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    argv = ["lost", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "o.json"),
+            "--arch", "dino_vits16", "--weights", str(tmp_path / "notes.pth")]
+    assert run(argv) == 2
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert errors == [f"error: cannot read checkpoint '{tmp_path / 'notes.pth'}' for dino_vits16: "
+                      "not a PyTorch checkpoint, or cut short (UnpicklingError)"]
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_lost_on_a_split_prints_corloc(tmp_path, checkpoint, capsys):
     from cad.data.coco import register_class_agnostic_coco
 

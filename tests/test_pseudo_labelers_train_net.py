@@ -112,6 +112,8 @@ def test_meta_architecture_equals_discover_cli(ckpts, equality_split, tmp_path, 
                "CAD.EVAL_DUMP_TRAINING_JSON", str(tmp_path / "d2.json"), *opts)
     cli, d2 = (json.loads(p.read_text()) for p in (cli_json, tmp_path / "d2.json"))
     assert [im["id"] for im in cli["images"]] == [10, 11, 12] and cli["annotations"]
+    info = cli.pop("info")  # the pipeline's counts; the training-JSON dump has none
+    assert info == {"num_images": 3, "num_annotations": len(cli["annotations"]), "unreadable_images": 0}
     assert d2 == cli
 
 

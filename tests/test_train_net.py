@@ -76,6 +76,40 @@ def test_bad_config_key(tmp_path):
     _one_line_error(_train(tmp_path, "SOLVER.NO_SUCH_KEY", "1"), r"bad config .*SOLVER.NO_SUCH_KEY")
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("MODEL: [\n", r"is not valid YAML \(.* at line 2, column 1\)$"),
+        ("# Title\n\nSome text: with a colon: here\n", r"is not valid YAML \(mapping values are not allowed here at line 3, column 24\)$"),
+        ("- a\n- b\n", r"is not a Detectron2 config \(expected KEY: VALUE mappings\)$"),
+        (None, r"is a folder; pass a .yaml file$"),
+    ],
+)
+def test_config_file_that_is_not_a_config(tmp_path, content, message):
+    import argparse
+
+    from cad.engine.setup import build_cfg
+
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        build_cfg(argparse.Namespace(config_file=str(path), opts=[]))
+    assert "\n" not in str(info.value)
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    from cad.engine.setup import check_output_dir
+
+    (tmp_path / "file").write_text("x")
+    check_output_dir(str(tmp_path / "new" / "out"))  # made when training starts
+    for path in (tmp_path / "file", tmp_path / "file" / "out"):
+        with pytest.raises(ConfigError, match=rf"^OUTPUT_DIR '{path}': '{tmp_path / 'file'}' is a file, not a folder$"):
+            check_output_dir(str(path))
+
+
 def test_value_outside_its_choices(tmp_path):
     _one_line_error(_train(tmp_path, "CAD.MOTION.ENCODER_NORM", "LN"), r"CAD.MOTION.ENCODER_NORM is 'LN'; expected one of BN, GN")
 
@@ -92,6 +126,16 @@ def test_visualize_live_model_with_missing_weights(tmp_path):
     assert not (tmp_path / "vis").exists()
 
 
+def test_visualize_bad_results_and_out(tmp_path):
+    (tmp_path / "notes.json").write_text("hello")
+    proc = run_tool("visualize.py", "--dataset", "synthetic_shapes_tiny_val", "--results", str(tmp_path / "notes.json"),
+                    "--out", str(tmp_path / "vis"))
+    _one_line_error(proc, rf"^error: --results '{tmp_path / 'notes.json'}' is not JSON \(Expecting value at line 1, column 1\)$")
+    assert not (tmp_path / "vis").exists()
+    proc = run_tool("visualize.py", "--dataset", "synthetic_shapes_tiny_val", "--out", str(tmp_path / "notes.json"))
+    _one_line_error(proc, r"^error: --out '.*notes.json': '.*notes.json' is a file, not a folder$")
+
+
 def test_check_weights_rules(tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(ConfigError, match="not found"):
@@ -103,13 +147,26 @@ def test_check_weights_rules(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         check_weights(missing, str(tmp_path), resume=True)  # nothing to resume from
     (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    with pytest.raises(ConfigError, match=r"last_checkpoint names 'model_0000001.pth', which does not exist"):
+        check_weights(missing, str(tmp_path), resume=True)  # a killed run's tag without its file
+    torch.save({"iteration": 1}, tmp_path / "model_0000001.pth")
     check_weights(missing, str(tmp_path), resume=True)  # --resume loads the last checkpoint instead
+    data = (tmp_path / "model_0000001.pth").read_bytes()
+    (tmp_path / "model_0000001.pth").write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(ConfigError, match=r"is not a complete PyTorch checkpoint"):
+        check_weights(missing, str(tmp_path), resume=True)
 
 
 def test_missing_dataset_dir(trained, tmp_path):
     weights = str(trained[0] / "model_final.pth")  # --eval-only refuses a random initialisation
     proc = _train(tmp_path, "MODEL.WEIGHTS", weights, args=("--eval-only", "--test-dataset", "voc07_test"))
     _one_line_error(proc, r"dataset 'voc07_test': expected '.*VOC2007.*'.*DETECTRON2_DATASETS.*datasets/README.md")
+
+
+def test_make_synthetic_root_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_tool("make_synthetic.py", "--root", str(tmp_path / "file"), "--splits", "synthetic_shapes_tiny_val")
+    _one_line_error(proc, rf"^error: --root '{tmp_path / 'file'}': '{tmp_path / 'file'}' is a file, not a folder$")
 
 
 def _corrupt_split(tmp_path, split: str, folder: str, corrupt: range) -> dict:

@@ -14,8 +14,11 @@ def main() -> int:
     args = parser.parse_args()
     try:
         count = convert_torchvision_checkpoint(args.src, args.dst)
-    except (OSError, KeyError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: cannot read '{args.src}': {e.strerror}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, RuntimeError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     print(f"wrote {count} tensors to {args.dst}")
     return 0

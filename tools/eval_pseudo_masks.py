@@ -5,12 +5,11 @@ Example: tools/eval_pseudo_masks.py --gt datasets/coco/annotations/instances_val
     --pred pseudo_val2017.json --iou-type segm --out metrics.json
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from cad.evaluation.pseudo_masks import evaluate_pseudo_masks
-from cad.utils.io import atomic_write_json
+from cad.utils.io import atomic_write_json, read_coco_results, read_json
 
 
 def main(argv=None) -> int:
@@ -21,10 +20,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="metrics JSON (default: next to --pred, *_metrics_<iou-type>.json)")
     args = parser.parse_args(argv)
     try:
-        gt, pred = (json.loads(p.read_text()) for p in (args.gt, args.pred))
+        gt, pred = read_json(args.gt, "--gt"), read_coco_results(args.pred, "--pred")
+        if not isinstance(gt, dict) or not {"images", "annotations"} <= set(gt):
+            raise ValueError(f"--gt '{args.gt}' is not a COCO annotation file (needs 'images' and 'annotations')")
         metrics = evaluate_pseudo_masks(gt, pred, args.iou_type)
     except (OSError, ValueError, KeyError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {e}" if isinstance(e, ValueError) else f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(" ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
     out = args.out or args.pred.with_name(f"{args.pred.stem}_metrics_{args.iou_type}.json")

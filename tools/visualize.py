@@ -15,7 +15,6 @@ or a pseudo-label generator: LOST, MaskCut, VoteCut) on the first images of the 
 trailing KEY VALUE overrides. With ground truth in the split, each PNG shows it on the left.
 """
 import argparse
-import os
 import sys
 
 
@@ -37,32 +36,31 @@ def main() -> int:
     import cad  # noqa: F401  (registers the splits and models)
     from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
     from cad.data.paths import DatasetMissingError
-    from cad.engine.setup import ConfigError, build_cfg, check_weights
+    from cad.engine.setup import ConfigError, build_cfg, check_output_dir, check_weights
+    from cad.utils.io import InputFileError, read_coco_results
     from cad.utils.visualize import render_ground_truth, render_predictions
 
     if args.dataset not in DatasetCatalog.list():
         print(f"error: unknown dataset '{args.dataset}' (see datasets/README.md)", file=sys.stderr)
         return 2
-    if args.results and not os.path.isfile(args.results):
-        print(f"error: results file not found: {args.results}", file=sys.stderr)
-        return 2
     if args.opts and not args.config_file:
         print(f"error: unrecognized arguments: {' '.join(args.opts)} (KEY VALUE overrides need --config-file)", file=sys.stderr)
         return 2
     try:
+        check_output_dir(args.out, "--out")
+        if args.results:
+            results = read_coco_results(args.results, "--results")
         if args.config_file:
             from cad.engine.predict import predict_coco_results
 
             cfg = build_cfg(args)
             check_weights(cfg.MODEL.WEIGHTS)
             results = predict_coco_results(cfg, args.dataset, args.num_images)
-        else:
-            results = args.results
-        if results is not None:
+        if args.results or args.config_file:
             paths = render_predictions(args.dataset, results, args.out, args.num_images, args.score_thresh, not args.no_gt)
         else:
             paths = render_ground_truth(args.dataset, args.out, args.num_images)
-    except (DatasetMissingError, ConfigError, WeightsNotFoundError, CheckpointLayoutError) as e:
+    except (DatasetMissingError, ConfigError, WeightsNotFoundError, CheckpointLayoutError, InputFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(paths)} PNGs to {args.out}")

@@ -266,8 +266,10 @@ def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[st
     spec = get_spec(arch)
     try:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / not a torch file
-        raise CheckpointLayoutError(f"cannot read checkpoint '{path}' for {arch}: {exc}") from exc
+    except Exception as exc:  # corrupt / not a torch file; torch's own message spans many lines
+        raise CheckpointLayoutError(
+            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({type(exc).__name__})"
+        ) from exc
     if not isinstance(raw, dict):
         raise CheckpointLayoutError(f"checkpoint '{path}' for {arch} is not a state dict")
     try:

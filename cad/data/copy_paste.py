@@ -7,7 +7,7 @@ that would cover >= 50 % of an existing object's mask are dropped; the rest are 
 top, existing masks lose the pasted pixels (objects left empty are removed), and every box is
 recomputed from its mask. Pasted instances keep their own fields (`gt_scores`, `gt_classes`).
 
-Fixes of the reference's quirks (notes/reference-class-agnostic-detector.md §8): resized masks
+Fixes of the quirks of the official code (CutLER `cutler/engine/train_loop.py`, `copy_and_paste`): resized masks
 are thresholded at 0.5 (not any non-zero value), a random number of objects is uniform on
 [1, n] (the reference never copies all n), empty pasted masks are dropped, and boxes are always
 recomputed from masks (the reference swaps x/y offsets when the target has no objects).

@@ -11,7 +11,6 @@ of their image is < 0.5 are kept as well.
 Register the result as a training split with `register_self_training_split`; the reference
 rounds' files are predefined splits (`register_self_training_splits`, datasets/README.md).
 """
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -21,7 +20,7 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from cad.data.coco import register_class_agnostic_coco
-from cad.utils.io import atomic_write_json
+from cad.utils.io import InputFileError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +126,14 @@ def surviving_previous(previous: List[Dict], new: List[Dict], image: Dict, iou_t
     return [dict(a, segmentation=r) for a, r, m in zip(previous, old_rles, ious.max(axis=1)) if m < iou_thresh]
 
 
+def _read_json(path: Path, what: str):
+    """The parsed JSON file, or `SelfTrainingError` naming `what` and the file."""
+    try:
+        return read_json(path, what)
+    except InputFileError as e:
+        raise SelfTrainingError(str(e)) from e
+
+
 def build_self_training_json(
     predictions_file: Path, coco_ann_file: Path, threshold: float,
     keep_previous: bool = False, min_box_size: float = 1.0,
@@ -134,11 +141,8 @@ def build_self_training_json(
     """The class-agnostic training JSON (dict) from predictions and the split's annotation file
     (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
     merged as in CutLER)."""
-    try:
-        predictions = json.loads(Path(predictions_file).read_text())
-        coco = json.loads(Path(coco_ann_file).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SelfTrainingError(f"cannot read {e.filename if isinstance(e, OSError) else 'JSON'}: {e}") from e
+    predictions = _read_json(Path(predictions_file), "predictions")
+    coco = _read_json(Path(coco_ann_file), "--coco-ann-path")
     if not isinstance(predictions, list) or "images" not in coco:
         raise SelfTrainingError(f"{predictions_file} must be a COCO results list and {coco_ann_file} a COCO JSON with 'images'")
     images = {im["id"]: im for im in coco["images"]}
@@ -172,6 +176,8 @@ def write_self_training_json(
     keep_previous: bool = False, min_box_size: float = 1.0,
 ) -> Path:
     """Find the predictions, build the JSON and write it atomically; returns its path."""
+    if not 0.0 <= threshold <= 1.0:
+        raise SelfTrainingError(f"--threshold {threshold}: a score threshold lies in [0, 1]")
     data = build_self_training_json(
         find_predictions(detectron2_out_dir), coco_ann_file, threshold, keep_previous, min_box_size
     )

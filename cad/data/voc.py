@@ -3,7 +3,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances
+from detectron2.data.datasets.pascal_voc import load_voc_instances
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA
 from cad.data.paths import require
@@ -11,19 +11,23 @@ from cad.data.paths import require
 SECTION = "PASCAL VOC"
 
 
-def load_class_agnostic_voc(dirname: Path, split: str, name: str) -> List[Dict]:
-    """VOC `ImageSets/Main/{split}.txt` images with every box as class 0 ("object").
+class _AnyClassName(tuple):
+    """The class list handed to Detectron2's `load_voc_instances`: every `<name>` is class 0."""
 
-    Box coordinates follow Detectron2 (and LOST's reference): the 1-based XML `xmin`/`ymin`
-    are shifted by −1 pixel, `xmax`/`ymax` kept, XYXY_ABS.
+    def index(self, name, *args) -> int:  # noqa: ARG002  (tuple.index's signature)
+        return 0
+
+
+def load_class_agnostic_voc(dirname: Path, split: str, name: str) -> List[Dict]:
+    """VOC-layout `ImageSets/Main/{split}.txt` images with every box as class 0 ("object").
+
+    Any `<name>` in the XML is accepted (a custom VOC-format dataset need not use VOC's 20
+    classes). Box coordinates follow Detectron2 (and LOST's reference): the 1-based XML
+    `xmin`/`ymin` are shifted by −1 pixel, `xmax`/`ymax` kept, XYXY_ABS.
     """
     require(Path(dirname) / "ImageSets" / "Main" / f"{split}.txt", name, SECTION)
     require(Path(dirname) / "Annotations", name, SECTION)
-    dicts = load_voc_instances(str(dirname), split, CLASS_NAMES)
-    for record in dicts:
-        for ann in record["annotations"]:
-            ann["category_id"] = 0
-    return dicts
+    return load_voc_instances(str(dirname), split, _AnyClassName(("object",)))
 
 
 def register_class_agnostic_voc(name: str, dirname: Path, split: str, year: int, evaluator_type: str) -> None:

@@ -137,7 +137,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         if args.slurm:
             from cad.discovery.slurm import submit_arrays
 
-            print(submit_arrays(args, cfg))
+            print(submit_arrays(args, cfg, run))
             return 0
         summary = run_pipeline(cfg, records, args.out, args.stage)
     except (InputError, UnknownMethodError, NotADirectoryError, DatasetMissingError, WorkDirError,

@@ -1,12 +1,13 @@
 """Class-agnostic COCO JSON of pseudo-labels: RLE encoding, annotation checks, assembly.
 
-The format (DESIGN.md, "Command-line contracts"): `images` (id, file_name, width, height),
+The format (written by `tools/discover.py`, read by the `imagenet_train_{maskcut,votecut}` splits):
+`images` (id, file_name, width, height),
 `annotations` (id, image_id, category_id 1, bbox [x, y, w, h] in original pixels, score, area,
 iscrowd 0, and for mask methods `segmentation` as compressed RLE at the original size),
 `categories` [{id: 1, name: "object"}].
 """
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -53,16 +54,17 @@ def image_entry(image_id: int, file_name: str, height: int, width: int) -> Dict:
     return {"id": int(image_id), "file_name": str(file_name), "width": int(width), "height": int(height)}
 
 
-def assemble_coco(images: Iterable[Dict], annotations: Iterable[Dict]) -> Dict:
-    """The COCO dict: annotations get consecutive ids 1, 2, ... in the given order."""
+def assemble_coco(images: Iterable[Dict], annotations: Iterable[Dict], info: Optional[Dict] = None) -> Dict:
+    """The COCO dict: annotations get consecutive ids 1, 2, ... in the given order; `info` when given."""
     anns: List[Dict] = []
     for i, ann in enumerate(annotations, start=1):
         anns.append({"id": i, **{k: v for k, v in ann.items() if k != "id"}})
-    return {"images": list(images), "annotations": anns, "categories": CATEGORIES}
+    coco = {"images": list(images), "annotations": anns, "categories": CATEGORIES}
+    return {"info": dict(info), **coco} if info is not None else coco
 
 
-def write_coco_json(path: Path, images: Iterable[Dict], annotations: Iterable[Dict]) -> Dict:
+def write_coco_json(path: Path, images: Iterable[Dict], annotations: Iterable[Dict], info: Optional[Dict] = None) -> Dict:
     """Assemble and write the COCO JSON atomically; returns the dict written."""
-    coco = assemble_coco(images, annotations)
+    coco = assemble_coco(images, annotations, info)
     atomic_write_json(Path(path), coco)
     return coco

@@ -4,7 +4,8 @@ Stage 1 (`maskcut_patch_masks`, batched over images): per cut, the Fiedler vecto
 cosine graph of the (masked) patch keys, its bipartition and the 4-connected component holding
 the seed, on the patch grid. Stage 2 (`maskcut_refine`, per image): grid masks to pixels, dense
 CRF, hole filling, the CRF-agreement test and the resize to the original image size.
-Every rule follows the official CutLER `maskcut.py` (see notes/reference-algorithms.md).
+Every rule follows CutLER's `maskcut/maskcut.py` (`maskcut_forward` for the cuts, `maskcut` for
+the post-processing) and `maskcut/crf.py`; the constants below name the official variables.
 """
 from typing import Dict, List, Optional, Tuple
 

@@ -9,7 +9,10 @@ The pipeline (`cad/discovery/pipeline.py`) runs every method in two stages:
 - stage 2 (CPU, `--workers` processes): `method.stage2(image, arrays)` turns one image's arrays
   into COCO annotations: `bbox` [x, y, w, h] in original pixels, `score`, and for mask methods
   `segmentation` as compressed RLE at the original size (`cad.discovery.export.encode_mask`).
-  The pipeline adds `id`, `image_id`, `category_id` (1), `area` and `iscrowd` (0).
+  The pipeline adds `id`, `image_id`, `category_id` (1), `area` and `iscrowd` (0). A step that
+  fails on one image and is recovered from (VoteCut keeps the unrefined mask when the CRF raises)
+  is counted, not hidden: stage 2 then returns a `Stage2Annotations` list whose `failures`
+  ({kind: count}) the pipeline adds up into its summary and the output JSON's `info`.
 
 Methods register themselves with `@register_method(name)` under the name used by
 `tools/discover.py {lost,maskcut,votecut}`, in a module `cad.discovery.<name>` (imported on first
@@ -67,6 +70,19 @@ class MethodOptions:
     models: Tuple[Tuple[str, Optional[str]], ...] = ()
     device: str = "cpu"
     crf: bool = True
+
+
+class Stage2Annotations(list):
+    """stage2's annotation list with `failures`: {kind: count} of recovered per-image failures."""
+
+    def __init__(self, annotations=(), failures: Optional[Dict[str, int]] = None) -> None:
+        super().__init__(annotations)
+        self.failures: Dict[str, int] = {k: v for k, v in (failures or {}).items() if v}
+
+
+def stage2_failures(annotations: List[Dict]) -> Dict[str, int]:
+    """The failure counts of a stage-2 result ({} for a plain list)."""
+    return dict(getattr(annotations, "failures", {}))
 
 
 class DiscoveryMethod(Protocol):

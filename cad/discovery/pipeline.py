@@ -6,13 +6,15 @@ contiguous block of chunks. The work folder holds
 
     manifest.json              method, options, chunk size and a hash of the image list
     stage1/chunk_000042.npz    `method.stage1` arrays of chunk 42 (+ image sizes, unreadable files)
-    stage2/chunk_000042.json   that chunk's `images`, `annotations` and unreadable files
+    stage2/chunk_000042.json   that chunk's `images`, `annotations`, unreadable files and `failures`
 
 each written atomically, so a rerun skips finished chunks and a killed job loses at most the
 chunk it was on. Stage 1 runs in the calling process (GPU when present) on batches of
 `batch_size` images while threads decode the next chunk; stage 2 runs `method.stage2` per image
 in `workers` processes. `merge` assembles every chunk of every shard into one COCO JSON.
-Unreadable images are logged, counted and left out; any other error stops the run.
+Unreadable images are logged, counted and left out; failures a method recovers from (VoteCut's
+CRF) are logged and counted per kind (`Stage2Annotations.failures`); both counts are printed in the
+summary and written to the output JSON's `info`. Any other error stops the run.
 """
 import collections
 import concurrent.futures as futures
@@ -29,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cad.discovery.export import image_entry, normalize_annotation, write_coco_json
-from cad.discovery.method import DiscoveryImage, DiscoveryMethod, MethodOptions, build_method
+from cad.discovery.method import DiscoveryImage, DiscoveryMethod, MethodOptions, build_method, stage2_failures
 from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, ImageRecord, read_rgb, shard_range
 from cad.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -63,19 +65,37 @@ class PipelineConfig:
     num_shards: int = 1
 
 
+# What each failure kind of `Stage2Annotations.failures` means, for the summary line.
+FAILURE_TEXT = {"crf_failures": "masks kept unrefined after a CRF error"}
+
+
 @dataclass
 class Summary:
-    """What a merge produced: counts and the unreadable files that were skipped."""
+    """What a merge produced: counts, the unreadable files that were skipped and the recovered
+    failures by kind ({kind: count})."""
 
     num_images: int = 0
     num_annotations: int = 0
     unreadable: List[Dict] = field(default_factory=list)
+    failures: Dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (
-            f"{self.num_images} images, {self.num_annotations} annotations, "
-            f"{len(self.unreadable)} unreadable images skipped"
-        )
+        parts = [
+            f"{self.num_images} images",
+            f"{self.num_annotations} annotations",
+            f"{len(self.unreadable)} unreadable images skipped",
+        ]
+        parts += [f"{n} {FAILURE_TEXT.get(kind, kind)}" for kind, n in sorted(self.failures.items())]
+        return ", ".join(parts)
+
+    def info(self) -> Dict:
+        """The COCO `info` block of the output JSON."""
+        return {
+            "num_images": self.num_images,
+            "num_annotations": self.num_annotations,
+            "unreadable_images": len(self.unreadable),
+            **{kind: n for kind, n in sorted(self.failures.items())},
+        }
 
 
 def _chunks(records: Sequence[ImageRecord], chunk_size: int) -> List[Sequence[ImageRecord]]:
@@ -189,27 +209,27 @@ def run_stage1(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Opti
     if not todo:
         return 0
     method = method or build_method(cfg.method, cfg.options)
-    bar = tqdm(total=sum(len(c) for _, c in todo), desc=f"{cfg.method} stage 1", unit="img")
-    for k, chunk, decoded in _decoded_chunks(todo, threads=max(2, cfg.workers)):
-        meta: Dict = {"images": [], "unreadable": []}
-        images: List[DiscoveryImage] = []
-        for index, (record, (image, error)) in enumerate(zip(chunk, decoded)):
-            if image is None:
-                meta["unreadable"].append(_warn_unreadable(record, error))
-                continue
-            h, w = image.shape[:2]
-            meta["images"].append({"index": index, **image_entry(record.image_id, record.file_name, h, w)})
-            images.append(DiscoveryImage(record.image_id, record.file_name, image))
-        arrays: List[Dict[str, np.ndarray]] = []
-        for start in range(0, len(images), cfg.batch_size):
-            batch = images[start : start + cfg.batch_size]
-            out = method.stage1(batch)
-            _check_stage1_output(cfg.method, batch, out)
-            arrays += out
-            bar.update(len(batch))
-        bar.update(len(meta["unreadable"]))
-        _save_stage1(_stage1_path(cfg, k), meta, arrays)
-    bar.close()
+    # closed (a newline on the terminal) also when a method raises, so an error line starts on its own line
+    with tqdm(total=sum(len(c) for _, c in todo), desc=f"{cfg.method} stage 1", unit="img") as bar:
+        for k, chunk, decoded in _decoded_chunks(todo, threads=max(2, cfg.workers)):
+            meta: Dict = {"images": [], "unreadable": []}
+            images: List[DiscoveryImage] = []
+            for index, (record, (image, error)) in enumerate(zip(chunk, decoded)):
+                if image is None:
+                    meta["unreadable"].append(_warn_unreadable(record, error))
+                    continue
+                h, w = image.shape[:2]
+                meta["images"].append({"index": index, **image_entry(record.image_id, record.file_name, h, w)})
+                images.append(DiscoveryImage(record.image_id, record.file_name, image))
+            arrays: List[Dict[str, np.ndarray]] = []
+            for start in range(0, len(images), cfg.batch_size):
+                batch = images[start : start + cfg.batch_size]
+                out = method.stage1(batch)
+                _check_stage1_output(cfg.method, batch, out)
+                arrays += out
+                bar.update(len(batch))
+            bar.update(len(meta["unreadable"]))
+            _save_stage1(_stage1_path(cfg, k), meta, arrays)
     return len(todo)
 
 
@@ -228,17 +248,18 @@ def _init_worker(name: str, options: MethodOptions) -> None:
 
 def _stage2_image(
     record: ImageRecord, entry: Dict, arrays: Dict[str, np.ndarray], method: Optional[DiscoveryMethod] = None
-) -> Tuple[Optional[List[Dict]], Optional[str]]:
-    """(annotations, None) for one image, or (None, error) when the image cannot be read."""
+) -> Tuple[Optional[List[Dict]], Optional[str], Dict[str, int]]:
+    """(annotations, None, failures) for one image, or (None, error, {}) when it cannot be read."""
     method = method or _WORKER_METHOD
     image, error = _try_read(record)
     if image is None:
-        return None, error
+        return None, error, {}
     if image.shape[:2] != (entry["height"], entry["width"]):
-        return None, f"image size changed since stage 1: {image.shape[:2]} vs ({entry['height']}, {entry['width']})"
+        return None, f"image size changed since stage 1: {image.shape[:2]} vs ({entry['height']}, {entry['width']})", {}
     try:
         anns = method.stage2(DiscoveryImage(record.image_id, record.file_name, image), arrays)
-        return [normalize_annotation(a, record.image_id, entry["height"], entry["width"]) for a in anns], None
+        normalized = [normalize_annotation(a, record.image_id, entry["height"], entry["width"]) for a in anns]
+        return normalized, None, stage2_failures(anns)
     except Exception as e:
         raise RuntimeError(f"stage 2 failed on '{record.path}': {type(e).__name__}: {e}") from e
 
@@ -289,14 +310,17 @@ def run_stage2(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Opti
 
     def write_chunk(k: int, meta: Dict, jobs: List) -> None:
         images, annotations, unreadable = [], [], list(meta["unreadable"])
+        failures: collections.Counter = collections.Counter()
         for record, entry, job in jobs:
-            anns, error = job.result()
+            anns, error, image_failures = job.result()
             if anns is None:
                 unreadable.append(_warn_unreadable(record, error))
             else:
                 images.append({key: v for key, v in entry.items() if key != "index"})
                 annotations += anns
-        atomic_write_json(_stage2_path(cfg, k), {"images": images, "annotations": annotations, "unreadable": unreadable})
+                failures.update(image_failures)
+        part = {"images": images, "annotations": annotations, "unreadable": unreadable, "failures": dict(failures)}
+        atomic_write_json(_stage2_path(cfg, k), part)
         bar.update(len(jobs) + len(meta["unreadable"]))
 
     # With worker processes two chunks stay in flight, so the workers are busy while one is written.
@@ -319,7 +343,7 @@ def run_stage2(cfg: PipelineConfig, records: Sequence[ImageRecord], method: Opti
         for k, meta, jobs in in_flight:
             if all(not job.cancelled() and job.exception() is None for _, _, job in jobs):
                 write_chunk(k, meta, jobs)
-    bar.close()
+        bar.close()
     return len(todo)
 
 
@@ -342,13 +366,15 @@ def merge(cfg: PipelineConfig, records: Sequence[ImageRecord], out: Path) -> Sum
             f"(first: {_stage2_path(cfg, missing[0])}); finish every shard first"
         )
     images, annotations, unreadable = [], [], []
+    failures: collections.Counter = collections.Counter()
     for k in range(num_chunks):
         part = json.loads(_stage2_path(cfg, k).read_text())
         images += part["images"]
         annotations += part["annotations"]
         unreadable += part["unreadable"]
-    coco = write_coco_json(out, images, annotations)
-    summary = Summary(len(coco["images"]), len(coco["annotations"]), unreadable)
+        failures.update(part.get("failures", {}))  # chunks written before failures were counted have none
+    summary = Summary(len(images), len(annotations), unreadable, dict(failures))
+    write_coco_json(out, images, annotations, info=summary.info())
     logger.info("Wrote %s: %s", out, summary.line())
     return summary
 

@@ -10,7 +10,7 @@ it already finished.
 import argparse
 import logging
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import submitit
 
@@ -20,12 +20,14 @@ logger = logging.getLogger(__name__)
 
 
 class ShardJob(submitit.helpers.Checkpointable):
-    """Runs `tools/discover.py ARGV` in the job; `checkpoint` (inherited) resubmits the same ARGV."""
+    """Runs `entry(ARGV)` (the `tools/discover.py` entry point, `cad.discovery.cli.run`, passed in
+    by the caller) in the job; `checkpoint` (inherited) resubmits the same ARGV."""
+
+    def __init__(self, entry: Callable[[List[str]], int]) -> None:
+        self.entry = entry
 
     def __call__(self, argv: List[str]) -> int:
-        from cad.discovery.cli import run
-
-        status = run(argv)
+        status = self.entry(argv)
         if status != 0:
             raise RuntimeError(f"tools/discover.py {' '.join(argv)} exited with status {status}")
         return status
@@ -67,8 +69,9 @@ def _wait(jobs: Sequence[submitit.Job]) -> None:
         job.result()  # raises submitit's FailedJobError with the task's traceback
 
 
-def submit_arrays(args: argparse.Namespace, cfg: PipelineConfig) -> str:
-    """Submit stage 1, stage 2 and merge; returns a one-line description for the user."""
+def submit_arrays(args: argparse.Namespace, cfg: PipelineConfig, entry: Callable[[List[str]], int]) -> str:
+    """Submit stage 1, stage 2 and merge, each task running `entry(argv)`; returns a one-line
+    description for the user."""
     n = args.shards
     gpu = args.device is None or args.device.startswith("cuda")
     chained = submitit.AutoExecutor(folder=Path(args.job_dir) / "%j", cluster=args.slurm_cluster).cluster == "slurm"
@@ -76,15 +79,15 @@ def submit_arrays(args: argparse.Namespace, cfg: PipelineConfig) -> str:
     name = f"discover-{args.method}"
 
     ex1 = _executor(args, f"{name}-stage1", args.partition, max(2, args.workers), gpu, None)
-    stage1 = ex1.map_array(ShardJob(), [shard_argv(args, cfg, "1", i, n) for i in range(n)])
+    stage1 = ex1.map_array(ShardJob(entry), [shard_argv(args, cfg, "1", i, n) for i in range(n)])
     if not chained:
         _wait(stage1)
     ex2 = _executor(args, f"{name}-stage2", cpu_partition, args.workers, False, stage1 if chained else None)
-    stage2 = ex2.map_array(ShardJob(), [shard_argv(args, cfg, "2", i, n) for i in range(n)])
+    stage2 = ex2.map_array(ShardJob(entry), [shard_argv(args, cfg, "2", i, n) for i in range(n)])
     if not chained:
         _wait(stage2)
     ex3 = _executor(args, f"{name}-merge", cpu_partition, 1, False, stage2 if chained else None)
-    merge = ex3.submit(ShardJob(), shard_argv(args, cfg, "merge", 0, 1))
+    merge = ex3.submit(ShardJob(entry), shard_argv(args, cfg, "merge", 0, 1))
     if not chained:
         _wait([merge])
         return f"job arrays finished ({n} shards); wrote {args.out} (logs in {args.job_dir})"

@@ -13,7 +13,9 @@ the model's patch features (`cad.discovery.ncut.fiedler_vectors(generalized=Fals
 5. `vote`: per cluster, in discovery order, until 10 masks or 100 clusters: mean of its
    members > 0.2.
 6. `refine_voted_mask`: nearest upsampling to the image, CRF on the bbox crop with margins,
-   hole filling, fallback to the upsampled mask when the CRF fails.
+   hole filling, fallback to the upsampled mask when the CRF result is empty or disagrees
+   (CuVLER `mask_post_processing`); a CRF that raises also keeps the upsampled mask, as CuVLER,
+   but is logged and counted (`crf_failures` in the pipeline summary and the JSON's `info`).
 7. Order by cluster size (descending, stable); score = cluster size / largest cluster size.
 
 One deliberate difference: CuVLER orders proposals for the greedy clustering with
@@ -21,6 +23,7 @@ One deliberate difference: CuVLER orders proposals for the greedy clustering wit
 SIMD level); cad uses a stable order: partner count descending, then proposal index ascending
 (i.e. earlier models in `VOTECUT_MODELS`, then k = 2 before k = 3, then lower labels first).
 """
+import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from cad.discovery.crf import dense_crf
 from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
-from cad.discovery.method import DiscoveryImage, register_method
+from cad.discovery.method import DiscoveryImage, Stage2Annotations, register_method
 from cad.discovery.ncut import EPS, TAU, fiedler_vectors
 
 __all__ = [
@@ -51,6 +54,10 @@ __all__ = [
     "votecut_scores",
     "VoteCut",
 ]
+
+logger = logging.getLogger(__name__)
+
+CRF_FAILURES = "crf_failures"  # Stage2Annotations.failures kind: masks kept unrefined after a CRF error
 
 # CuVLER extract_eig_vecs.py default model list, in this order (the order breaks ties).
 VOTECUT_MODELS = ("dino_vits16", "dinov2_vitb14", "dinov2_vits14", "dino_vitb16", "dino_vits8", "dino_vitb8")
@@ -71,13 +78,14 @@ RESOLUTION = 480  # input side, rounded down to the patch multiple: 480 DINO, 47
 @dataclass
 class VotedMask:
     """One VoteCut output: `mask` (H, W) bool at the original size, `grid_mask` the voted 60x60
-    mask, `cluster_size` its number of proposals, `crf_success` False when the CRF was skipped or
-    rejected."""
+    mask, `cluster_size` its number of proposals, `crf_success` False when the CRF was skipped,
+    rejected or raised, `crf_error` the CRF's exception ("Type: message") when it raised."""
 
     mask: np.ndarray
     grid_mask: np.ndarray
     cluster_size: int
     crf_success: bool
+    crf_error: Optional[str] = None
 
 
 def kmeans_labelings(vectors: Sequence[np.ndarray], ks: Sequence[int] = KS, seed: int = 0) -> List[np.ndarray]:
@@ -192,19 +200,20 @@ def _box_iou(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> floa
 
 def refine_voted_mask(
     grid_mask: np.ndarray, image: np.ndarray, crf: bool = True, box_iou: float = CRF_BOX_IOU
-) -> Tuple[np.ndarray, bool]:
-    """One voted grid mask (h, w) bool -> ((H, W) bool mask on `image` (H, W, 3), crf_success).
+) -> Tuple[np.ndarray, bool, Optional[str]]:
+    """One voted grid mask (h, w) bool -> ((H, W) bool mask on `image` (H, W, 3), crf_success, crf_error).
 
     Nearest upsampling to (H, W); with `crf`: dense CRF on the mask's bbox crop enlarged by
     bbox_w // 3 and bbox_h // 3 on each side, holes filled at >= 0.5; when that result is empty,
     its bbox IoU with the upsampled mask is < `box_iou`, or the CRF raises, the upsampled mask is
-    returned with crf_success False. Without CRF: the hole-filled upsampled mask, False.
+    returned with crf_success False; crf_error is the exception ("Type: message") when the CRF
+    raised (else None). Without CRF: the hole-filled upsampled mask, False, None.
     """
     height, width = image.shape[:2]
     up = F.interpolate(torch.from_numpy(grid_mask)[None, None].float(), size=(height, width), mode="nearest")
     up = up[0, 0].numpy() > 0.5
     if not crf:
-        return ndimage.binary_fill_holes(up), False
+        return ndimage.binary_fill_holes(up), False, None
     x, y, w, h = _bbox(up)
     x0, x1 = max(x - w // 3, 0), min(x + w + w // 3, width)
     y0, y1 = max(y - h // 3, 0), min(y + h + h // 3, height)
@@ -212,13 +221,13 @@ def refine_voted_mask(
         crop = dense_crf(image[y0:y1, x0:x1], up[y0:y1, x0:x1])
     except ImportError:
         raise
-    except Exception:  # noqa: BLE001  (CuVLER keeps the upsampled mask whenever the CRF fails)
-        return up, False
+    except Exception as e:  # noqa: BLE001  (CuVLER keeps the upsampled mask; cad reports it, see votecut_masks)
+        return up, False, f"{type(e).__name__}: {e}"
     refined = np.zeros_like(up)
     refined[y0:y1, x0:x1] = ndimage.binary_fill_holes(crop >= 0.5)
     if not refined.any() or _box_iou(_bbox(up), _bbox(refined)) < box_iou:
-        return up, False
-    return refined, True
+        return up, False, None
+    return refined, True, None
 
 
 def votecut_masks(
@@ -255,8 +264,10 @@ def votecut_masks(
         grid_mask = vote(masks, members, vote_threshold)
         if not grid_mask.any():
             continue
-        mask, ok = refine_voted_mask(grid_mask, image, crf, crf_box_iou)
-        out.append(VotedMask(mask=mask, grid_mask=grid_mask, cluster_size=len(members), crf_success=ok))
+        mask, ok, error = refine_voted_mask(grid_mask, image, crf, crf_box_iou)
+        if error is not None:
+            logger.warning("VoteCut: the CRF failed on a mask (%s); keeping the unrefined mask", error)
+        out.append(VotedMask(mask, grid_mask, len(members), ok, error))
     return sorted(out, key=lambda m: m.cluster_size, reverse=True)
 
 
@@ -274,7 +285,9 @@ class VoteCut:
     multiple (LANCZOS), one batched forward, features = last-block keys for DINO and final-norm
     patch tokens for DINOv2 (CuVLER), then the L eigenvector (`fiedler_vectors(generalized=False)`);
     stored per image: `eigvec_<i>` (h_i, w_i) float64 per model, about 100 KB for the 6 models.
-    Stage 2: `votecut_masks` and COCO annotations scored by `votecut_scores`.
+    Stage 2: `votecut_masks` and COCO annotations scored by `votecut_scores`, returned as
+    `Stage2Annotations` whose `failures["crf_failures"]` counts the masks kept unrefined because
+    the CRF raised.
 
     options: `models` ((arch, weights) pairs, default `VOTECUT_MODELS` from the torch.hub cache),
     `device`, `crf` (`cad.discovery.method.MethodOptions`). `vit_overrides` change every
@@ -330,7 +343,7 @@ class VoteCut:
         per_image = self.eigenvectors([item.image for item in images])
         return [{f"eigvec_{m}": vec for m, vec in enumerate(vecs)} for vecs in per_image]
 
-    def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> List[Dict]:
+    def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> Stage2Annotations:
         vectors = [arrays[f"eigvec_{m}"] for m in range(len(self.models))]
         masks = votecut_masks(
             vectors,
@@ -341,4 +354,5 @@ class VoteCut:
             vote_threshold=self.vote_threshold,
             max_masks=self.max_masks,
         )
-        return [mask_annotation(m.mask, s) for m, s in zip(masks, votecut_scores(masks))]
+        anns = [mask_annotation(m.mask, s) for m, s in zip(masks, votecut_scores(masks))]
+        return Stage2Annotations(anns, {CRF_FAILURES: sum(m.crf_error is not None for m in masks)})

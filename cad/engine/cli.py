@@ -9,8 +9,8 @@ from detectron2.engine import default_argument_parser
 from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
-from cad.engine.launch import launch
-from cad.engine.setup import ConfigError, build_cfg, check_teacher_checkpoint, check_trainable, check_weights
+from cad.engine.launch import LaunchError, check_launch, launch
+from cad.engine.setup import ConfigError, build_cfg, check_output_dir, check_teacher_checkpoint, check_trainable, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,9 @@ EXAMPLES = """examples:
 def train_argument_parser() -> argparse.ArgumentParser:
     """Detectron2's standard arguments plus cad's dataset and SLURM options."""
     parser = default_argument_parser(epilog=EXAMPLES)
+    # Detectron2's default is a fixed port per user, so two runs on one machine would join each
+    # other's process group; "auto" takes a free port (several machines: pass tcp://HOST:PORT).
+    parser.set_defaults(dist_url="auto")
     parser.add_argument("--train-dataset", default="", help="override DATASETS.TRAIN with this one split")
     parser.add_argument("--test-dataset", default="", help="override DATASETS.TEST with this one split")
     slurm = parser.add_argument_group("SLURM (submitit)")
@@ -61,8 +64,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         cfg = build_cfg(args)  # fail fast, with one line, on a bad config or dataset name
         if not args.eval_only:
             check_trainable(cfg)
+        check_output_dir(cfg.OUTPUT_DIR)
         check_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.resume)
         check_teacher_checkpoint(cfg, args.eval_only, args.resume)
+        if not args.slurm:  # a SLURM job's processes run on its nodes, not on this machine
+            check_launch(args.num_gpus, args.num_machines, args.dist_url)
         if args.slurm:
             from cad.engine.slurm import submit
 
@@ -70,7 +76,8 @@ def run(argv: Optional[List[str]] = None) -> int:
             print(f"submitted job {job.job_id}")
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError) as e:
+    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError,
+            LaunchError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0

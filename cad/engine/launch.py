@@ -1,5 +1,6 @@
 """Multi-process launch that also works without CUDA (gloo backend, one process per "GPU")."""
 import logging
+import os
 from datetime import timedelta
 from typing import Callable, Sequence
 
@@ -12,6 +13,40 @@ from detectron2.utils import comm
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+class LaunchError(ValueError):
+    """A process layout this machine cannot run (reported as one line by the tools)."""
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_launch(num_gpus_per_machine: int, num_machines: int = 1, dist_url: str = "auto") -> None:
+    """Raise `LaunchError` for a layout this machine cannot run: fewer than 1 process or machine;
+    with CUDA, more processes than visible CUDA devices; without CUDA, more gloo CPU processes than
+    usable cores (each would get less than a core, and the run would crawl rather than fail);
+    several machines with `dist_url` "auto" or a loopback address."""
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise LaunchError(f"--num-gpus and --num-machines must be >= 1 (got {num_gpus_per_machine}, {num_machines})")
+    if torch.cuda.is_available():
+        devices = torch.cuda.device_count()
+        if num_gpus_per_machine > devices:
+            raise LaunchError(f"--num-gpus {num_gpus_per_machine}, but this machine has {devices} CUDA device(s)")
+    else:
+        cores = usable_cpus()
+        if num_gpus_per_machine > cores:
+            raise LaunchError(
+                f"--num-gpus {num_gpus_per_machine}: without CUDA that means {num_gpus_per_machine} CPU processes (gloo), "
+                f"but this machine has {cores} CPU core(s); use --num-gpus {cores} or fewer"
+            )
+    if num_machines != 1 and (dist_url == "auto" or any(h in dist_url for h in ("127.0.0.1", "localhost"))):
+        raise LaunchError(
+            f"--num-machines {num_machines} needs --dist-url tcp://HOST:PORT with HOST the address of machine 0 "
+            f"(got '{dist_url}', which other machines cannot reach)"
+        )
 
 
 def dist_backend() -> str:
@@ -39,7 +74,7 @@ def launch(
         return
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("--dist-url auto works on one machine only; pass tcp://HOST:PORT")
+            raise LaunchError("--dist-url auto works on one machine only; pass --dist-url tcp://HOST:PORT of machine 0")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout)
     if num_gpus_per_machine == 1:

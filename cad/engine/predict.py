@@ -1,6 +1,5 @@
-"""Run a config's model on the first images of a split: live predictions (tools/visualize.py), speed."""
+"""Run a config's model on the first images of a split: live predictions (tools/visualize.py)."""
 import logging
-import time
 from typing import Dict, List
 
 import torch
@@ -35,49 +34,3 @@ def predict_coco_results(cfg, dataset_name: str, num_images: int) -> List[Dict]:
         for inp, out in zip(inputs, model(inputs)):
             results += instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"])
     return results
-
-
-def benchmark_inference(cfg, dataset_name: str, num_images: int, warmup: int = 1) -> Dict[str, float]:
-    """Inference speed of the config's model on `num_images` images of a split (after `warmup`).
-
-    Returns images/s of the model's forward (data loading excluded), data loading s/image, and for
-    pseudo-label meta-architectures the share of the forward spent outside the discovery method
-    (`overhead_pct`: image conversion and `Instances`), plus peak memory (`peak_memory_mb`).
-    """
-    from cad.engine.benchmark import peak_memory_mb
-
-    model = build_loaded_model(cfg)
-    method = getattr(model, "method", None)
-    inside = [0.0]
-    if method is not None:
-        for name in ("stage1", "stage2"):
-            original = getattr(method, name)
-
-            def timed(*args, _original=original):
-                start = time.perf_counter()
-                out = _original(*args)
-                inside[0] += time.perf_counter() - start
-                return out
-
-            setattr(method, name, timed)
-    dicts = DatasetCatalog.get(dataset_name)[: warmup + num_images]
-    loader = iter(build_detection_test_loader(dicts, mapper=CadDatasetMapper(cfg, is_train=False)))
-    forward = loading = 0.0
-    with torch.no_grad():
-        for i in range(len(dicts)):
-            start = time.perf_counter()
-            inputs = next(loader)
-            loaded = time.perf_counter()
-            if i == warmup:
-                inside[0] = 0.0
-            model(inputs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if i >= warmup:
-                forward += time.perf_counter() - loaded
-                loading += loaded - start
-    n = max(1, len(dicts) - warmup)
-    out = {"images": n, "images_per_s": n / forward, "loading_s_per_image": loading / n}
-    if method is not None:
-        out["overhead_pct"] = 100.0 * (forward - inside[0]) / forward
-    return {**out, **peak_memory_mb()}

@@ -3,8 +3,10 @@ import argparse
 import difflib
 import logging
 import os
+import zipfile
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
@@ -24,9 +26,11 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     cfg = get_cfg()
     add_cad_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file)
+        _merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(list(args.opts))
         check_choices(cfg)
+    except ConfigError:
+        raise
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {e.filename or args.config_file}") from e
     except (KeyError, ValueError, AssertionError) as e:
@@ -39,6 +43,21 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     adapt_to_device(cfg)
     cfg.freeze()
     return cfg
+
+
+def _merge_config_file(cfg: CfgNode, path: str) -> None:
+    """`cfg.merge_from_file(path)`, with `ConfigError` for a file that is not a YAML mapping."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--config-file '{path}' is a folder; pass a .yaml file")
+    try:
+        cfg.merge_from_file(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({problem}{where})") from e
+    except (AttributeError, TypeError) as e:  # the YAML is a scalar or a list, not KEY: VALUE pairs
+        raise ConfigError(f"config file '{path}' is not a Detectron2 config (expected KEY: VALUE mappings)") from e
 
 
 def check_datasets(names) -> None:
@@ -94,9 +113,12 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
     exist, unless `resume` finds a checkpoint in `output_dir` (which then replaces it).
 
     Remote paths (`scheme://`) are left to Detectron2's PathManager. "" means random
-    initialisation, an error when `required`.
+    initialisation, an error when `required`. With `resume`, the checkpoint that
+    `output_dir/last_checkpoint` names must exist and be a complete PyTorch zip archive (what
+    cad's trainers save; a file cut short by a crash or a full disk is not one).
     """
     if resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        check_resume_checkpoint(output_dir)
         return
     if not path:
         if required:
@@ -122,3 +144,24 @@ def check_teacher_checkpoint(cfg: CfgNode, eval_only: bool = False, resume: bool
         raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True) needs the stage-1 checkpoint, pass SSL.TEACHER_CKPT PATH")
     if "://" not in path and not os.path.isfile(path):
         raise ConfigError(f"SSL.TEACHER_CKPT '{path}' not found: train stage 1 first (it writes model_final.pth) or pass SSL.TEACHER_CKPT PATH")
+
+
+def check_resume_checkpoint(output_dir: str) -> None:
+    """Raise `ConfigError` when `output_dir/last_checkpoint` names a missing or incomplete file."""
+    with open(os.path.join(output_dir, "last_checkpoint")) as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    fix = f"delete {os.path.join(output_dir, 'last_checkpoint')} to start over, or write the name of a complete checkpoint into it"
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume: {output_dir}/last_checkpoint names '{name}', which does not exist; {fix}")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"--resume: '{path}' is not a complete PyTorch checkpoint (cut short?); {fix}")
+
+
+def check_output_dir(path: str, option: str = "OUTPUT_DIR") -> None:
+    """Raise `ConfigError` when `path` (or the nearest existing folder above it) is a file."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{option} '{path}': '{probe}' is a file, not a folder")

@@ -43,8 +43,19 @@ def torchvision_to_detectron2(state: Dict[str, torch.Tensor]) -> Dict[str, "nump
 
 
 def convert_torchvision_checkpoint(src: Union[str, Path], dst: Union[str, Path]) -> int:
-    """Convert a torchvision ResNet file (plain or {"state_dict"/"model": ...}) to a Detectron2 pkl."""
-    state = torch.load(str(src), map_location="cpu", weights_only=True)
+    """Convert a torchvision ResNet file (plain or {"state_dict"/"model": ...}) to a Detectron2 pkl.
+
+    Raises OSError when `src` cannot be read, ValueError when it is not a checkpoint dict, KeyError
+    for a key that is not a torchvision ResNet key.
+    """
+    try:
+        state = torch.load(str(src), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch raises many types for a file that is not a checkpoint
+        raise ValueError(f"'{src}' is not a PyTorch checkpoint, or cut short ({type(e).__name__})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"'{src}' holds a {type(state).__name__}, not a state dict")
     state = state.get("state_dict", state.get("model", state))
     state = {k.replace("module.", "", 1): v for k, v in state.items()}
     converted = torchvision_to_detectron2(state)

@@ -51,3 +51,29 @@ def write_once(path: Path, write: Callable[[], None]) -> Path:
         if not path.exists():
             write()
     return path
+
+
+class InputFileError(ValueError):
+    """An input file that is missing, unreadable or not what it should be (one line for the user)."""
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON file `path`; `InputFileError` naming `what` (e.g. "--gt") and the file when
+    it cannot be read or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise InputFileError(f"cannot read {what} '{path}': {e.strerror}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = f"{e.msg} at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not text"
+        raise InputFileError(f"{what} '{path}' is not JSON ({reason})") from e
+
+
+def read_coco_results(path: Path, what: str) -> Any:
+    """`read_json`, and `InputFileError` unless the file is a COCO results list or a COCO JSON
+    with `annotations` (predictions or pseudo-labels)."""
+    data = read_json(path, what)
+    if not (isinstance(data, list) or (isinstance(data, dict) and "annotations" in data)):
+        raise InputFileError(f"{what} '{path}' is neither a COCO file with 'annotations' nor a COCO results list")
+    return data
+

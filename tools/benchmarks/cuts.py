@@ -14,14 +14,13 @@ The cut masks of both are compared (same sign rule, see cad/discovery/ncut.py).
     python tools/benchmarks/cuts.py --images 8 --ref-images 2 --method maskcut
 """
 import argparse
-import resource
-import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import scipy.linalg
 import torch
 
+from benchlib import PhaseTimer, peak_memory_mb
 from cad.backbones.features import extract_features
 from cad.backbones.vit import build_vit
 from cad.data.synthetic import ShapesSplit, render_image
@@ -29,25 +28,6 @@ from cad.discovery.cut_io import fixed_size, vit_batch
 from cad.discovery.maskcut import MaskCut, bipartition, mask_iou, maskcut_patch_masks, maskcut_refine
 from cad.discovery.ncut import binary_affinity, fiedler_vectors, fix_sign
 from cad.discovery.votecut import VoteCut, refine_voted_mask, votecut_masks
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class Timer:
-    """Accumulates wall time per phase name."""
-
-    def __init__(self) -> None:
-        self.total: Dict[str, float] = {}
-
-    def __call__(self, name: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.total[name] = self.total.get(name, 0.0) + time.perf_counter() - start
-        return out
 
 
 def reference_style_cuts(keys: torch.Tensor, grid: Tuple[int, int], n_cuts: int = 3) -> np.ndarray:
@@ -71,7 +51,7 @@ def reference_style_cuts(keys: torch.Tensor, grid: Tuple[int, int], n_cuts: int 
 def bench_maskcut(images: List[np.ndarray], ref_images: int, batch: int) -> None:
     method = MaskCut(None)  # dino_vitb8 at 480x480
     method._model = build_vit("dino_vitb8", "random")
-    timer = Timer()
+    timer = PhaseTimer()
     all_cuts, all_keys = [], []
     for i in range(0, len(images), batch):
         keys, grid = timer("forward", method.features, images[i : i + batch])
@@ -89,8 +69,8 @@ def bench_maskcut(images: List[np.ndarray], ref_images: int, batch: int) -> None
     for name in ("forward", "eigensolver+cuts", "post (no CRF)"):
         print(f"    {name:18s} {t[name] / n:7.2f} s/image")
     print(f"    {'CRF':18s} {crf / n:7.2f} s/image")
-    print(f"  peak RSS so far: {_peak_mb():.0f} MB")
-    ref = Timer()
+    print(f"  peak RSS so far: {peak_memory_mb()['peak_rss_mb']:.0f} MB")
+    ref = PhaseTimer()
     same = 0
     m = min(ref_images, n)
     for keys, cuts in zip(all_keys[:m], all_cuts[:m]):
@@ -108,7 +88,7 @@ def bench_maskcut(images: List[np.ndarray], ref_images: int, batch: int) -> None
 def bench_votecut(images: List[np.ndarray], ref_images: int, batch: int) -> None:
     method = VoteCut(None)
     method._vits = [build_vit(arch, "random") for arch, _ in method.models]
-    timer = Timer()
+    timer = PhaseTimer()
     vectors: List[List[np.ndarray]] = []
     feats_cache = []
     for i in range(0, len(images), batch):
@@ -139,10 +119,10 @@ def bench_votecut(images: List[np.ndarray], ref_images: int, batch: int) -> None
         print(f"    {name:26s} {t[name] / n:7.2f} s/image")
     print(f"    {'k-means+clustering+voting':26s} {(t['clustering+voting+post'] - crf) / n:7.2f} s/image")
     print(f"    {'CRF':26s} {crf / n:7.2f} s/image")
-    print(f"  peak RSS so far: {_peak_mb():.0f} MB")
+    print(f"  peak RSS so far: {peak_memory_mb()['peak_rss_mb']:.0f} MB")
     m = min(ref_images, n)
     if m:
-        ref = Timer()
+        ref = PhaseTimer()
         same = 0
         for img_index in range(m):
             ref_vecs = []

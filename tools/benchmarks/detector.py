@@ -7,33 +7,120 @@ median s/iter and peak RSS of each, and the overhead of cad's operations over a 
 the extra time of the differing ROI-head parts (cad_heads - stock) plus copy-paste itself (the
 batch fetch of `cad`). `cad` also trains on the pasted objects, which adds mask-head work.
 
+Both variants run the same weights on the same mapped batch with the same sampling seeds, through
+the trainers' own step objects (`SimpleTrainer.run_step`), so the difference is the cost of the
+soft-target/DropLoss losses, the extra matching fields and copy-paste. On a busy CPU the whole
+step is noisy, so the parts that differ are also timed on their own: the batch fetch
+(`data_time`, which is copy-paste for `cad`) and the ROI-head parts (`_instrument`).
+
 example:
   tools/benchmarks/detector.py --threads 1 --iters 10 --rounds 3
 """
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
 import sys
+from typing import Dict
+
+import torch
+from detectron2.config import CfgNode
+
+from benchlib import PhaseTimer, peak_memory_mb
 
 DEFAULT_CONFIG = "configs/CuVLER/cascade_mask_rcnn_R_18_FPN_synthetic.yaml"
 
+# Config overrides of each variant: Detectron2's stock cascade; cad's heads with soft targets and
+# DropLoss; the same plus copy-paste (which also adds objects, hence mask-head work, to the batch).
+_CAD_HEADS = ["MODEL.ROI_HEADS.NAME", "PseudoLabelCascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME",
+              "PseudoLabelMaskRCNNConvUpsampleHead", "MODEL.ROI_HEADS.SOFT_TARGETS", True,
+              "MODEL.ROI_HEADS.USE_DROPLOSS", True]
+VARIANTS = {
+    "stock": ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads", "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead",
+              "MODEL.ROI_HEADS.SOFT_TARGETS", False, "MODEL.ROI_HEADS.USE_DROPLOSS", False, "CAD.TRAINER", "CadTrainer"],
+    "cad_heads": _CAD_HEADS + ["CAD.TRAINER", "CadTrainer"],
+    "cad": _CAD_HEADS + ["CAD.TRAINER", "CopyPasteTrainer"],
+}
+
+
+def _time_calls(obj, name: str, timer: PhaseTimer) -> None:
+    """Replace bound method `obj.name` by a wrapper adding its wall time to `timer`'s "heads" phase."""
+    method = getattr(obj, name)
+    setattr(obj, name, lambda *args, **kwargs: timer("heads", method, *args, **kwargs))
+
+
+def _instrument(model, timer: PhaseTimer) -> None:
+    """Time the parts that differ between the variants: proposal labelling/matching, the box
+    predictors' losses and the mask head (its convs are the same in both, so they cancel)."""
+    heads = model.roi_heads
+    _time_calls(heads, "label_and_sample_proposals", timer)
+    _time_calls(heads, "_match_and_label_boxes", timer)
+    for predictor in heads.box_predictor:
+        _time_calls(predictor, "losses", timer)
+    _time_calls(heads.mask_head, "forward", timer)
+
+
+def variant_cfg(cfg: CfgNode, variant: str) -> CfgNode:
+    """`cfg` with the overrides of `variant` (a key of `VARIANTS`), frozen."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}' (one of {sorted(VARIANTS)})")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(VARIANTS[variant])
+    cfg.freeze()
+    return cfg
+
+
+def benchmark_step(cfg: CfgNode, variant: str, iters: int = 10, warmup: int = 2) -> Dict[str, float]:
+    """s/iter and peak memory of `iters` training steps of `variant` on one fixed batch."""
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
+
+    vcfg = variant_cfg(cfg, variant)
+    torch.manual_seed(0)
+    reference = build_model(variant_cfg(cfg, "stock")).state_dict()
+    model = build_model(vcfg)
+    model.load_state_dict(reference)  # same weights in both variants (same parameter names)
+    del reference
+    torch.manual_seed(0)
+    batch = next(iter(CadTrainer.build_train_loader(vcfg)))
+    optimizer = build_optimizer(vcfg, model)
+    step = TRAINER_REGISTRY.get(vcfg.CAD.TRAINER).build_step_trainer(vcfg, model, itertools.repeat(batch), optimizer)
+    timer = PhaseTimer()
+    _instrument(model, timer)
+    data = 0.0
+    with EventStorage(0) as storage:
+        for i in range(warmup + iters):
+            if i == warmup:
+                timer.reset()
+            torch.manual_seed(i)  # same ROI sampling in both variants
+            timer("step", step.run_step)
+            if i >= warmup:
+                data += storage.history("data_time").latest()  # batch fetch: copy-paste for `cad`
+            storage.iter += 1
+    heads = timer.total["heads"]
+    return {
+        "variant": variant, "batch": len(batch), "s_per_iter": timer.total["step"] / iters,
+        "data_s_per_iter": data / iters, "heads_s_per_iter": heads / iters, **peak_memory_mb(),
+    }
+
+
+
+def _cfg(args) -> CfgNode:
+    """The benchmark's config: `build_cfg` (one-line `ConfigError`s) without DataLoader workers."""
+    from cad.engine.setup import build_cfg
+
+    overrides = ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark-detector", *args.opts]
+    return build_cfg(argparse.Namespace(config_file=args.config, opts=overrides))
+
 
 def run_one(args) -> dict:
-    import torch
-    from detectron2.config import get_cfg
-
-    from cad.config import add_cad_config
-    from cad.engine.detector_benchmark import benchmark_step
-    from cad.engine.setup import adapt_to_device
-
     torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(args.config)
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark-detector", *args.opts])
-    adapt_to_device(cfg)
-    return benchmark_step(cfg, args.one, iters=args.iters, warmup=args.warmup)
+    return benchmark_step(_cfg(args), args.one, iters=args.iters, warmup=args.warmup)
 
 
 def main() -> int:
@@ -49,6 +136,13 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
+    from cad.engine.setup import ConfigError
+
+    try:
+        _cfg(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = {"stock": [], "cad_heads": [], "cad": []}
     for _ in range(args.rounds):
         for variant in results:

@@ -13,10 +13,11 @@ pseudo-labels per image and the SSL/supervised ratios.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+
+from benchlib import PhaseTimer, peak_memory_mb
 
 
 def measure(args) -> dict:
@@ -34,20 +35,20 @@ def measure(args) -> dict:
     if args.mode == "ssl" and cfg.SSL.TEACHER_CKPT:
         trainer.resume_or_load(resume=False)
     step = trainer._trainer
+    timer = PhaseTimer()
     times, cpu_times = [], []
     with EventStorage(0) as storage:
         for i in range(args.warmup + args.iters):
             step.iter = storage.iter = cfg.SSL.BURNIN_ITER + 1 + i if args.mode == "ssl" else i  # EMA phase
-            t, c = time.perf_counter(), time.process_time()
-            step.run_step()
+            timer.reset()
+            c = time.process_time()
+            timer("step", step.run_step)
             if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+                times.append(timer.total["step"])
                 cpu_times.append(time.process_time() - c)
         pseudo = storage.history("ssl/pseudo_per_image").avg(args.iters) if args.mode == "ssl" else 0.0
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    memory = peak_memory_mb()
+    peak = memory.get("peak_cuda_mb", memory["peak_rss_mb"])
     return {"mode": args.mode, "s_per_iter": sum(times) / len(times), "cpu_s_per_iter": sum(cpu_times) / len(cpu_times),
             "peak_mib": peak, "pseudo_per_image": pseudo}
 
@@ -63,9 +64,13 @@ def main() -> int:
     if args.mode != "both":
         print(json.dumps(measure(args)))
         return 0
-    from cad.engine.setup import build_cfg
+    from cad.engine.setup import ConfigError, build_cfg
 
-    cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts))
+    try:
+        cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     both = cfg.SOLVER.IMS_PER_BATCH + cfg.SSL.IMS_PER_BATCH_UNLABELED
     runs = [  # (label, mode, extra overrides)
         ("supervised, labeled batch", "supervised", []),

@@ -6,10 +6,53 @@ Example (the README figures): tools/benchmarks/lost.py --arch dino_vits16 --size
 import argparse
 import json
 import sys
+from typing import Dict
 
+import numpy as np
 import torch
 
-from cad.discovery.lost_benchmark import benchmark_lost
+from benchlib import PhaseTimer, peak_memory_mb
+from cad.backbones.features import extract_features, preprocess_lost
+from cad.backbones.vit import build_vit
+from cad.discovery.lost import lost_multi
+
+
+def benchmark_lost(
+    arch: str = "dino_vits16",
+    height: int = 480,
+    width: int = 480,
+    images: int = 10,
+    warmup: int = 2,
+    device: str = "cpu",
+    max_objects: int = 1,
+    amp=None,
+) -> Dict[str, float]:
+    """Run LOST on `images` random images (one at a time, as full-resolution LOST does) with a
+    random-init `arch`; return seconds per image of the forward and of LOST, images/s and peak memory."""
+    rss_before = peak_memory_mb()["peak_rss_mb"]
+    model = build_vit(arch, "random", device=device)
+    patch = int(model.patch_embed.patch_size[0])
+    rng = np.random.default_rng(0)
+    timer = PhaseTimer()
+    for i in range(warmup + images):
+        if i == warmup:
+            timer.reset()
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        batch = preprocess_lost(image, patch)[None].to(device)
+        feats = timer("forward", extract_features, model, batch, amp=amp)
+        timer("lost", lost_multi, feats.keys[0], feats.grid, patch, (height, width), max_objects=max_objects)
+    forward, lost_time = timer.total["forward"] / images, timer.total["lost"] / images
+    return {
+        "arch": arch,
+        "size": f"{height}x{width}",
+        "patches": (height // patch + (height % patch > 0)) * (width // patch + (width % patch > 0)),
+        "threads": torch.get_num_threads(),
+        "forward_s": forward,
+        "lost_s": lost_time,
+        "images_per_s": 1.0 / (forward + lost_time),
+        **peak_memory_mb(),
+        "rss_before_mb": rss_before,
+    }
 
 
 def main() -> int:

@@ -6,14 +6,13 @@ Example (random-init ViT-S/16 in the official layout, 32 generated 256x256 image
     tools/benchmarks/pipeline.py lost --arch dino_vits16 --weights random --num-images 32
 """
 import argparse
-import resource
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from benchlib import PhaseTimer, peak_memory_mb
 from cad.data.synthetic import SHAPES_SPLITS, render_image
 from cad.discovery.method import MethodOptions, build_method
 from cad.discovery.pipeline import PipelineConfig, run_stage1, run_stage2
@@ -22,26 +21,16 @@ from cad.utils.io import atomic_write_png
 
 
 class TimedMethod:
-    """Wraps a method and adds up the seconds spent inside stage1/stage2."""
+    """Wraps a method and adds up the seconds spent inside stage1/stage2 (phases "1" and "2")."""
 
     def __init__(self, method):
-        self.method, self.seconds = method, {"1": 0.0, "2": 0.0}
+        self.method, self.timer = method, PhaseTimer()
 
     def stage1(self, images):
-        t = time.perf_counter()
-        out = self.method.stage1(images)
-        self.seconds["1"] += time.perf_counter() - t
-        return out
+        return self.timer("1", self.method.stage1, images)
 
     def stage2(self, image, arrays):
-        t = time.perf_counter()
-        out = self.method.stage2(image, arrays)
-        self.seconds["2"] += time.perf_counter() - t
-        return out
-
-
-def _peak_rss_mib(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024
+        return self.timer("2", self.method.stage2, image, arrays)
 
 
 def main() -> None:
@@ -73,27 +62,24 @@ def main() -> None:
         options = MethodOptions(models=((args.arch, weights),), device=args.device, crf=not args.no_crf)
         method = TimedMethod(build_method(args.method, options))
         cfg = PipelineConfig(args.method, options, tmp / "w1", args.chunk_size, args.batch_size, workers=1)
-        t = time.perf_counter()
-        run_stage1(cfg, records, method)
-        s1 = time.perf_counter() - t
+        wall = PhaseTimer()
+        wall("1", run_stage1, cfg, records, method)
         shutil.copytree(tmp / "w1", tmp / "w2")
-        t = time.perf_counter()
-        run_stage2(cfg, records, method)
-        s2_1 = time.perf_counter() - t
-        t = time.perf_counter()
-        run_stage2(PipelineConfig(args.method, options, tmp / "w2", args.chunk_size, args.batch_size, workers=2), records)
-        s2_2 = time.perf_counter() - t
+        wall("2, 1 worker", run_stage2, cfg, records, method)
+        cfg2 = PipelineConfig(args.method, options, tmp / "w2", args.chunk_size, args.batch_size, workers=2)
+        wall("2, 2 workers", run_stage2, cfg2, records)
+        s1, s2_1, s2_2 = (wall.total[k] for k in ("1", "2, 1 worker", "2, 2 workers"))
         n = len(records)
         print(f"{args.method} {args.arch} on {args.device}, {n} images, batch {args.batch_size}, chunk {args.chunk_size}")
-        print(f"stage 1: {n / s1:.2f} img/s ({s1:.2f} s; inside method.stage1 {method.seconds['1']:.2f} s, "
-              f"pipeline overhead {s1 - method.seconds['1']:.2f} s)")
-        print(f"stage 2, 1 worker: {n / s2_1:.2f} img/s ({s2_1:.2f} s; inside method.stage2 {method.seconds['2']:.2f} s, "
-              f"pipeline overhead {s2_1 - method.seconds['2']:.2f} s)")
+        print(f"stage 1: {n / s1:.2f} img/s ({s1:.2f} s; inside method.stage1 {method.timer.total['1']:.2f} s, "
+              f"pipeline overhead {s1 - method.timer.total['1']:.2f} s)")
+        print(f"stage 2, 1 worker: {n / s2_1:.2f} img/s ({s2_1:.2f} s; inside method.stage2 {method.timer.total['2']:.2f} s, "
+              f"pipeline overhead {s2_1 - method.timer.total['2']:.2f} s)")
         print(f"stage 2, 2 workers: {n / s2_2:.2f} img/s ({s2_2:.2f} s, incl. worker start-up)")
-        print(f"peak RSS: main process {_peak_rss_mib(resource.RUSAGE_SELF):.0f} MiB, "
-              f"largest worker {_peak_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB")
-        if torch.cuda.is_available():
-            print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        peak = peak_memory_mb(children=True)
+        print(f"peak RSS: main process {peak['peak_rss_mb']:.0f} MiB, largest worker {peak['peak_children_rss_mb']:.0f} MiB")
+        if "peak_cuda_mb" in peak:
+            print(f"peak CUDA memory: {peak['peak_cuda_mb']:.0f} MiB")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

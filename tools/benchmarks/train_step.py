@@ -12,23 +12,42 @@ import argparse
 import json
 import subprocess
 import sys
+from typing import Dict
+
+from benchlib import PhaseTimer, peak_memory_mb
+
+
+def benchmark_training(cfg, iters: int = 10, warmup: int = 3) -> Dict[str, float]:
+    """Run `warmup + iters` training steps of `cfg.CAD.TRAINER` (no hooks); return s/iter and memory.
+
+    Only the step itself is timed (data loading included, as in a real run).
+    """
+    from detectron2.utils.events import EventStorage
+
+    from cad.engine.trainer import TRAINER_REGISTRY
+
+    step = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)(cfg)._trainer
+    timer = PhaseTimer()
+    with EventStorage(0) as storage:
+        for i in range(warmup + iters):
+            timer("step" if i >= warmup else "warmup", step.run_step)
+            storage.iter += 1
+    return {"s_per_iter": timer.total["step"] / iters, **peak_memory_mb()}
+
+
+def _cfg(config: str, opts):
+    """The benchmark's config: `build_cfg` (one-line `ConfigError`s) without DataLoader workers."""
+    from cad.engine.setup import build_cfg
+
+    overrides = ["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark", *opts]
+    return build_cfg(argparse.Namespace(config_file=config, opts=overrides))
 
 
 def run_one(config: str, threads: int, iters: int, warmup: int, opts) -> dict:
-    from detectron2.config import get_cfg
-
-    from cad.config import add_cad_config
-    from cad.engine.benchmark import benchmark_training
-    from cad.engine.setup import adapt_to_device
-
     import torch
 
     torch.set_num_threads(threads)
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "/tmp/cad-benchmark", *opts])
-    adapt_to_device(cfg)
+    cfg = _cfg(config, opts)
     return {"config": config, "threads": threads, "batch": cfg.SOLVER.IMS_PER_BATCH,
             **benchmark_training(cfg, iters=iters, warmup=warmup)}
 
@@ -45,6 +64,14 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_one(args.configs[0], args.threads[0], args.iters, args.warmup, args.opts)))
         return 0
+    from cad.engine.setup import ConfigError
+
+    try:
+        for config in args.configs:
+            _cfg(config, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for config in args.configs:
         for threads in args.threads:
             cmd = [sys.executable, __file__, "--one", config, "--threads", str(threads), "--iters", str(args.iters),

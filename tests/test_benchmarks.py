@@ -1,0 +1,63 @@
+"""tools/benchmarks/: the shared timing/peak-memory helper, and a benchmark script end to end."""
+import importlib.util
+import json
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_tool
+
+sys.path.insert(0, str(REPO / "tools" / "benchmarks"))
+from benchlib import PhaseTimer, peak_memory_mb  # noqa: E402
+
+
+def test_phase_timer_sums_phases_and_resets():
+    timer = PhaseTimer()
+    assert timer("sleep", time.sleep, 0.02) is None and timer("sleep", time.sleep, 0.02) is None
+    with timer.phase("block"):
+        time.sleep(0.01)
+    assert 0.04 <= timer.total["sleep"] < 0.5 and 0.01 <= timer.total["block"] < 0.5
+    assert timer("value", max, 3, 7) == 7
+    timer.reset()
+    assert timer.total == {}
+
+
+def test_peak_memory_is_this_process():
+    before = peak_memory_mb(children=True)
+    block = bytearray(64 * 2**20)  # touch 64 MiB
+    block[:: 4096] = b"x" * len(block[:: 4096])
+    after = peak_memory_mb()
+    assert after["peak_rss_mb"] >= before["peak_rss_mb"] and after["peak_rss_mb"] >= 64
+    assert "peak_children_rss_mb" in before and "peak_children_rss_mb" not in after
+
+
+def test_lost_benchmark_script():
+    proc = run_tool("benchmarks/lost.py", "--size", "64", "80", "--images", "1", "--warmup", "0", "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["patches"] == 20 and r["forward_s"] > 0 and r["lost_s"] > 0
+    assert r["images_per_s"] == pytest.approx(1 / (r["forward_s"] + r["lost_s"]))
+    assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("train_step.py", ["{missing}"]),
+        ("detector.py", ["--config", "{missing}"]),
+        ("metaarch.py", ["--config-file", "{missing}"]),
+        ("motion.py", ["--config-file", "{missing}"]),
+        ("guided_distillation.py", ["--config-file", "{missing}"]),
+    ],
+)
+def test_missing_config_is_one_line(tmp_path, capsys, monkeypatch, script, argv):
+    spec = importlib.util.spec_from_file_location(f"bench_{script[:-3]}", REPO / "tools" / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = str(tmp_path / "nope.yaml")
+    monkeypatch.setattr(sys, "argv", [script, *(a.format(missing=missing) for a in argv)])
+    assert module.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml" in err
+
