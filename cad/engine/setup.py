@@ -9,6 +9,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from cad.config import add_cad_config, check_choices
+from cad.data.file_splits import SYNTAX, SplitSpecError, is_file_split, register_file_split
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 
@@ -22,8 +23,10 @@ class ConfigError(ValueError):
 def build_cfg(args: argparse.Namespace) -> CfgNode:
     """Defaults + cad keys + `--config-file` + `--train/test-dataset` + trailing overrides.
 
-    Raises `ConfigError` (one line) for an unknown key, a value outside `cad.config.CHOICES` or an
-    unregistered dataset name.
+    Dataset specs `coco:ANNOTATIONS.json:IMAGE_DIR` and `images:DIR` are registered and replaced
+    by their registered names (`cad.data.file_splits`). Raises `ConfigError` (one line) for an
+    unknown key, a value outside `cad.config.CHOICES`, an unregistered dataset name or a spec
+    whose files are missing.
     """
     cfg = get_cfg()
     add_cad_config(cfg)
@@ -39,10 +42,21 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.DATASETS.TRAIN = (args.train_dataset,)
     if getattr(args, "test_dataset", None):
         cfg.DATASETS.TEST = (args.test_dataset,)
+    cfg.DATASETS.TRAIN = register_file_splits(cfg.DATASETS.TRAIN)
+    cfg.DATASETS.TEST = register_file_splits(cfg.DATASETS.TEST)
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     adapt_to_device(cfg)
     cfg.freeze()
     return cfg
+
+
+def register_file_splits(names) -> tuple:
+    """`names` with every `coco:`/`images:` spec registered and replaced by its split name;
+    raises `ConfigError` for a malformed spec or a missing file/folder."""
+    try:
+        return tuple(register_file_split(n) if is_file_split(n) else n for n in names)
+    except SplitSpecError as e:
+        raise ConfigError(str(e)) from e
 
 
 def check_datasets(names) -> None:
@@ -54,7 +68,9 @@ def check_datasets(names) -> None:
         if name not in registered:
             close = difflib.get_close_matches(name, registered, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown dataset '{name}'{hint} (registered splits: datasets/README.md)")
+            raise ConfigError(
+                f"unknown dataset '{name}'{hint} (registered splits: datasets/README.md; files: {SYNTAX})"
+            )
 
 
 def adapt_to_device(cfg: CfgNode) -> None:
