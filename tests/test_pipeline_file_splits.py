@@ -186,3 +186,12 @@ def test_self_training_json_from_folder(tmp_path):
         build_self_training_json(tmp_path / "p.json", None, 0.5, image_dir=tmp_path / "none")
     with pytest.raises(SelfTrainingError, match="needs their COCO annotation file"):
         build_self_training_json(tmp_path / "p.json", None, 0.5, keep_previous=True, image_dir=tmp_path / "imgs")
+
+
+def test_missing_files_lists_each_folder_once(tmp_path):
+    from cad.data.file_splits import missing_files
+
+    make_images(tmp_path / "a", SIZES)
+    paths = [str(tmp_path / "a" / "img_001.png"), str(tmp_path / "a" / "gone.png"), str(tmp_path / "b" / "x.png"),
+             str(tmp_path / "a" / "img_000.png")]
+    assert missing_files(paths) == [paths[1], paths[2]]

@@ -4,8 +4,8 @@
 Generates a VoteCut-like class-agnostic COCO JSON (N images, K RLE masks with scores each; the
 image files are empty placeholders, which the loader only checks for existence), then loads it in
 fresh processes, alternating the two ways for --rounds rounds, and prints per way the median load
-time (registration + `DatasetCatalog.get`) and the median peak-RSS increase over the process's
-RSS after imports.
+time (registration + `DatasetCatalog.get`), the median peak RSS of the process and the median
+increase of that peak over the RSS just before loading.
 
 Example: tools/benchmarks/file_splits.py --images 10000 --work /tmp/bench_file_splits --rounds 3
 """
@@ -55,7 +55,8 @@ def load_once(way: str, work: Path) -> dict:
     from cad.data.file_splits import register_file_split
 
     json_file, image_root = work / "ann.json", work / "images"
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/statm") as f:
+        before_mb = int(f.read().split()[1]) * resource.getpagesize() / 2**20
     start = time.perf_counter()
     if way == "registered":
         name = "bench_registered"
@@ -64,22 +65,25 @@ def load_once(way: str, work: Path) -> dict:
         name = register_file_split(f"coco:{json_file}:{image_root}")
     dicts = DatasetCatalog.get(name)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"way": way, "images": len(dicts), "load_s": seconds, "peak_rss_increase_mb": (peak - before) / 1024}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"way": way, "images": len(dicts), "load_s": seconds, "peak_rss_mb": peak_mb,
+            "peak_rss_increase_mb": peak_mb - before_mb}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--anns-per-image", type=int, default=4)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_file_splits"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_file_splits"), help="data folder (reused if present)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", choices=["registered", "file"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(load_once(args.one, args.work)))
         return
-    json_file = make_data(args.work, args.images, args.anns_per_image)
+    json_file = args.work / "ann.json"
+    if not json_file.is_file():
+        json_file = make_data(args.work, args.images, args.anns_per_image)
     runs = {"registered": [], "file": []}
     for _ in range(args.rounds):
         for way in runs:
@@ -88,7 +92,7 @@ def main() -> None:
             runs[way].append(json.loads(out.stdout.strip().splitlines()[-1]))
     summary = {"json": str(json_file), "json_mb": round(json_file.stat().st_size / 2**20, 1), "rounds": args.rounds}
     for way, rs in runs.items():
-        summary[way] = {k: round(statistics.median(r[k] for r in rs), 3) for k in ("load_s", "peak_rss_increase_mb")}
+        summary[way] = {k: round(statistics.median(r[k] for r in rs), 3) for k in ("load_s", "peak_rss_mb", "peak_rss_increase_mb")}
         summary[way]["images"] = rs[0]["images"]
     print(json.dumps(summary))
 
