@@ -97,6 +97,13 @@ def test_registration_errors_are_config_errors(folder, spec, message):
     assert message.format(t=tmp_path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_images_folder_is_not_a_training_split(tmp_path):
+    make_images(tmp_path / "imgs", SIZES)
+    with pytest.raises(ConfigError, match="has no annotations to train on: use it as --test-dataset"):
+        register_file_splits([f"images:{tmp_path / 'imgs'}"], train=True)
+    assert register_file_splits([f"images:{tmp_path / 'imgs'}"])[0].startswith("images_imgs_")
+
+
 @pytest.mark.parametrize("content, message", [
     ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.9}], "is not a COCO annotation JSON (AssertionError"),
     ("{not json", "is not a COCO annotation JSON (JSONDecodeError"),

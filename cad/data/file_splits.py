@@ -19,7 +19,6 @@ Registration only checks that the paths exist; the JSON is read once, when the s
 """
 import hashlib
 import logging
-from collections import defaultdict
 import os
 import re
 from pathlib import Path
@@ -123,17 +122,18 @@ def load_coco_file(json_file: Path, image_root: Path, spec: str) -> List[Dict]:
 def missing_files(paths: List[str]) -> List[str]:
     """The `paths` that are not in their folder, in order; each folder is listed once (no stat per
     file: 10k images take ~0.1 s instead of ~0.25 s for `os.path.isfile` on a busy machine)."""
-    by_folder: Dict[str, set] = defaultdict(set)
+    listings: Dict[str, set] = {}
+    missing = []
     for path in paths:
         folder, name = os.path.split(path)
-        by_folder[folder].add(name)
-    present = {}
-    for folder in by_folder:
-        try:
-            present[folder] = {entry.name for entry in os.scandir(folder or ".")}
-        except (FileNotFoundError, NotADirectoryError):
-            present[folder] = set()
-    return [p for p in paths if os.path.basename(p) not in present[os.path.dirname(p)]]
+        if folder not in listings:
+            try:
+                listings[folder] = {entry.name for entry in os.scandir(folder or ".")}
+            except (FileNotFoundError, NotADirectoryError):
+                listings[folder] = set()
+        if name not in listings[folder]:
+            missing.append(path)
+    return missing
 
 
 def load_image_folder(image_root: Path, spec: str) -> List[Dict]:

@@ -42,7 +42,7 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.DATASETS.TRAIN = (args.train_dataset,)
     if getattr(args, "test_dataset", None):
         cfg.DATASETS.TEST = (args.test_dataset,)
-    cfg.DATASETS.TRAIN = register_file_splits(cfg.DATASETS.TRAIN)
+    cfg.DATASETS.TRAIN = register_file_splits(cfg.DATASETS.TRAIN, train=True)
     cfg.DATASETS.TEST = register_file_splits(cfg.DATASETS.TEST)
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     adapt_to_device(cfg)
@@ -50,9 +50,14 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def register_file_splits(names) -> tuple:
+def register_file_splits(names, train: bool = False) -> tuple:
     """`names` with every `coco:`/`images:` spec registered and replaced by its split name;
-    raises `ConfigError` for a malformed spec or a missing file/folder."""
+    raises `ConfigError` for a malformed spec, a missing file/folder, or (`train`) an `images:`
+    folder, which has no annotations to train on."""
+    for name in names:
+        if train and name.startswith("images:"):
+            raise ConfigError(f"dataset '{name}' has no annotations to train on: use it as --test-dataset, "
+                              "or train on coco:ANNOTATIONS.json:IMAGE_DIR")
     try:
         return tuple(register_file_split(n) if is_file_split(n) else n for n in names)
     except SplitSpecError as e:
