@@ -8,7 +8,9 @@ the mask area, image sizes from the annotation file (the reference scripts swap 
 With `keep_previous` (CutLER), the input annotations whose mask IoU with every kept prediction
 of their image is < 0.5 are kept as well.
 
-Register the result as a training split with `register_self_training_split`; the reference
+For an `images:DIR` split (no annotation file), the image entries are those of the folder
+(`folder_images`). Train on the result with `--train-dataset coco:JSON:IMAGE_DIR`
+(`cad.data.file_splits`) or register it with `register_self_training_split`; the reference
 rounds' files are predefined splits (`register_self_training_splits`, datasets/README.md).
 """
 import logging
@@ -20,6 +22,8 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from cad.data.coco import register_class_agnostic_coco
+from cad.discovery.export import image_entry
+from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, image_size, list_image_dir
 from cad.utils.io import InputFileError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,7 @@ def prediction_annotations(
             if list(rle["size"]) != [image["height"], image["width"]]:
                 raise SelfTrainingError(
                     f"mask of image {p['image_id']} is {rle['size'][1]}x{rle['size'][0]} (w x h) but the annotation "
-                    f"file says {image['width']}x{image['height']}: predictions and --coco-ann-path disagree"
+                    f"file (or folder) says {image['width']}x{image['height']}: predictions and images disagree"
                 )
             area = float(mask_util.area(rle))
             if area == 0:
@@ -134,16 +138,40 @@ def _read_json(path: Path, what: str):
         raise SelfTrainingError(str(e)) from e
 
 
+def folder_images(image_dir: Path) -> List[Dict]:
+    """COCO `images` entries of every image under `image_dir`: ids 1..N in sorted path order (as
+    `images:DIR` and `tools/discover.py --images DIR` number them), `file_name` relative to the
+    folder, and the width/height Detectron2 reads (EXIF orientation applied)."""
+    try:
+        records = list_image_dir(Path(image_dir))
+    except NotADirectoryError:
+        raise SelfTrainingError(f"image folder '{image_dir}' not found") from None
+    images = []
+    for r in tqdm(records, desc="image sizes", mininterval=5):
+        try:
+            height, width = image_size(r.path)
+        except UNREADABLE_IMAGE_ERRORS as e:
+            raise SelfTrainingError(f"cannot read image '{r.path}': {e}") from None
+        images.append(image_entry(r.image_id, r.file_name, height, width))
+    if not images:
+        raise SelfTrainingError(f"no images in '{image_dir}'")
+    return images
+
+
 def build_self_training_json(
-    predictions_file: Path, coco_ann_file: Path, threshold: float,
-    keep_previous: bool = False, min_box_size: float = 1.0,
+    predictions_file: Path, coco_ann_file: Optional[Path], threshold: float,
+    keep_previous: bool = False, min_box_size: float = 1.0, image_dir: Optional[Path] = None,
 ) -> Dict:
-    """The class-agnostic training JSON (dict) from predictions and the split's annotation file
-    (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
-    merged as in CutLER)."""
+    """The class-agnostic training JSON (dict) from predictions and either the split's annotation
+    file (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
+    merged as in CutLER) or, for an `images:DIR` split, its folder `image_dir` (`folder_images`)."""
+    if (coco_ann_file is None) == (image_dir is None):
+        raise SelfTrainingError("give either the COCO annotation file or the image folder of the predicted split")
+    if keep_previous and coco_ann_file is None:
+        raise SelfTrainingError("keeping the previous masks needs their COCO annotation file, not an image folder")
     predictions = _read_json(Path(predictions_file), "predictions")
-    coco = _read_json(Path(coco_ann_file), "--coco-ann-path")
-    if not isinstance(predictions, list) or "images" not in coco:
+    coco = _read_json(Path(coco_ann_file), "--coco-ann-path") if coco_ann_file else {"images": folder_images(image_dir)}
+    if not isinstance(predictions, list) or not isinstance(coco, dict) or "images" not in coco:
         raise SelfTrainingError(f"{predictions_file} must be a COCO results list and {coco_ann_file} a COCO JSON with 'images'")
     images = {im["id"]: im for im in coco["images"]}
     kept = prediction_annotations(tqdm(predictions, desc="predictions", mininterval=5), images, threshold, min_box_size)
@@ -172,14 +200,14 @@ def self_training_path(prefix: str, threshold: float) -> Path:
 
 
 def write_self_training_json(
-    detectron2_out_dir: Path, coco_ann_file: Path, save_path_prefix: str, threshold: float,
-    keep_previous: bool = False, min_box_size: float = 1.0,
+    detectron2_out_dir: Path, coco_ann_file: Optional[Path], save_path_prefix: str, threshold: float,
+    keep_previous: bool = False, min_box_size: float = 1.0, image_dir: Optional[Path] = None,
 ) -> Path:
     """Find the predictions, build the JSON and write it atomically; returns its path."""
     if not 0.0 <= threshold <= 1.0:
         raise SelfTrainingError(f"--threshold {threshold}: a score threshold lies in [0, 1]")
     data = build_self_training_json(
-        find_predictions(detectron2_out_dir), coco_ann_file, threshold, keep_previous, min_box_size
+        find_predictions(detectron2_out_dir), coco_ann_file, threshold, keep_previous, min_box_size, image_dir
     )
     path = self_training_path(save_path_prefix, threshold)
     path.parent.mkdir(parents=True, exist_ok=True)

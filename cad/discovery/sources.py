@@ -7,9 +7,14 @@ from typing import List, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from PIL import Image
 
 # Errors PIL raises on a truncated, corrupt or non-image file (UnidentifiedImageError is an OSError).
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)
+
+# EXIF orientations (5-8) that transpose the image: Detectron2's read_image swaps width and height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
@@ -38,6 +43,16 @@ def list_image_dir(root: Path) -> List[ImageRecord]:
         names += [(rel / f).as_posix() for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
     names.sort()
     return [ImageRecord(i + 1, name, str(root / name)) for i, name in enumerate(names)]
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(height, width) of the image at `path` as Detectron2's `read_image` returns it (EXIF
+    orientation applied), read from the file header only. Raises one of `UNREADABLE_IMAGE_ERRORS`."""
+    with Image.open(path) as im:
+        width, height = im.size
+        if im.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return height, width
 
 
 def list_dataset(name: str) -> List[ImageRecord]:

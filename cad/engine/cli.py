@@ -7,6 +7,7 @@ from typing import List, Optional
 from detectron2.engine import default_argument_parser
 
 from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
+from cad.data.file_splits import SplitSpecError
 from cad.data.mapper import CorruptImageError
 from cad.data.paths import DatasetMissingError
 from cad.engine.launch import LaunchError, check_launch, launch
@@ -27,8 +28,11 @@ def train_argument_parser() -> argparse.ArgumentParser:
     # Detectron2's default is a fixed port per user, so two runs on one machine would join each
     # other's process group; "auto" takes a free port (several machines: pass tcp://HOST:PORT).
     parser.set_defaults(dist_url="auto")
-    parser.add_argument("--train-dataset", default="", help="override DATASETS.TRAIN with this one split")
-    parser.add_argument("--test-dataset", default="", help="override DATASETS.TEST with this one split")
+    parser.add_argument("--train-dataset", default="",
+                        help="override DATASETS.TRAIN with this one split: a registered name or coco:ANNOTATIONS.json:IMAGE_DIR")
+    parser.add_argument("--test-dataset", default="",
+                        help="override DATASETS.TEST with this one split: a registered name, coco:ANNOTATIONS.json:IMAGE_DIR "
+                             "or images:DIR (predictions and PNGs, no metrics)")
     slurm = parser.add_argument_group("SLURM (submitit)")
     slurm.add_argument("--slurm", action="store_true", help="submit the run through submitit instead of running it")
     slurm.add_argument("--partition", default="", help="SLURM partition")
@@ -76,8 +80,8 @@ def run(argv: Optional[List[str]] = None) -> int:
             print(f"submitted job {job.job_id}")
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError,
-            LaunchError) as e:
+    except (ConfigError, DatasetMissingError, SplitSpecError, CorruptImageError, WeightsNotFoundError,
+            CheckpointLayoutError, LaunchError) as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0

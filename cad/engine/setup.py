@@ -11,6 +11,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 
 from cad.config import ConfigError, add_cad_config, check_choices
+from cad.data.file_splits import SYNTAX, SplitSpecError, is_file_split, register_file_split
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 
@@ -20,8 +21,10 @@ logger = logging.getLogger(__name__)
 def build_cfg(args: argparse.Namespace) -> CfgNode:
     """Defaults + cad keys + `--config-file` + `--train/test-dataset` + trailing overrides.
 
-    Raises `ConfigError` (one line) for an unknown key, a value outside `cad.config.CHOICES` or an
-    unregistered dataset name.
+    Dataset specs `coco:ANNOTATIONS.json:IMAGE_DIR` and `images:DIR` are registered and replaced
+    by their registered names (`cad.data.file_splits`). Raises `ConfigError` (one line) for an
+    unknown key, a value outside `cad.config.CHOICES`, an unregistered dataset name or a spec
+    whose files are missing.
     """
     cfg = get_cfg()
     add_cad_config(cfg)
@@ -39,6 +42,8 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.DATASETS.TRAIN = (args.train_dataset,)
     if getattr(args, "test_dataset", None):
         cfg.DATASETS.TEST = (args.test_dataset,)
+    cfg.DATASETS.TRAIN = register_file_splits(cfg.DATASETS.TRAIN, train=True)
+    cfg.DATASETS.TEST = register_file_splits(cfg.DATASETS.TEST)
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     adapt_to_device(cfg)
     cfg.freeze()
@@ -60,6 +65,20 @@ def _merge_config_file(cfg: CfgNode, path: str) -> None:
         raise ConfigError(f"config file '{path}' is not a Detectron2 config (expected KEY: VALUE mappings)") from e
 
 
+def register_file_splits(names, train: bool = False) -> tuple:
+    """`names` with every `coco:`/`images:` spec registered and replaced by its split name;
+    raises `ConfigError` for a malformed spec, a missing file/folder, or (`train`) an `images:`
+    folder, which has no annotations to train on."""
+    for name in names:
+        if train and name.startswith("images:"):
+            raise ConfigError(f"dataset '{name}' has no annotations to train on: use it as --test-dataset, "
+                              "or train on coco:ANNOTATIONS.json:IMAGE_DIR")
+    try:
+        return tuple(register_file_split(n) if is_file_split(n) else n for n in names)
+    except SplitSpecError as e:
+        raise ConfigError(str(e)) from e
+
+
 def check_datasets(names) -> None:
     """Raise `ConfigError` naming the closest registered splits when a name is unknown."""
     for name in names:
@@ -69,7 +88,9 @@ def check_datasets(names) -> None:
         if name not in registered:
             close = difflib.get_close_matches(name, registered, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown dataset '{name}'{hint} (registered splits: datasets/README.md)")
+            raise ConfigError(
+                f"unknown dataset '{name}'{hint} (registered splits: datasets/README.md; files: {SYNTAX})"
+            )
 
 
 def adapt_to_device(cfg: CfgNode) -> None:

@@ -7,6 +7,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvalua
 from detectron2.utils.registry import Registry
 
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
+from cad.evaluation.predictions import PredictionWriter
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
 def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """Multi-class COCO AP (Detectron2's COCOEvaluator; splits with evaluator_type "coco")."""
     return COCOEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+
+@EVALUATOR_REGISTRY.register()
+def predictions(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+    """No metrics, only `coco_instances_results.json` (splits without ground truth: `images:DIR`)."""
+    return PredictionWriter(dataset_name, output_dir)
 
 
 def forget_deleted_gt_cache(dataset_name: str) -> None:

@@ -1,6 +1,6 @@
 """Mask2Former's optimiser: AdamW/SGD with per-parameter LR and weight-decay groups and
 optional full-model gradient-norm clipping."""
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
