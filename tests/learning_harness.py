@@ -13,12 +13,17 @@ from cad.engine.train import setup
 from cad.engine.trainer import EVAL_RESULTS_FILE, TRAINER_REGISTRY
 
 
+def load_cfg(config: Path, opts: Sequence[str]):
+    """The frozen config `tools/train_net.py --config-file config opts...` runs with."""
+    return setup(train_argument_parser().parse_args(["--config-file", str(config), *opts]))
+
+
 def train_and_evaluate(config: Path, opts: Sequence[str], loss_key: str = "total_loss") -> Tuple[List[float], Dict]:
     """Train `config` with overrides `opts` (evaluated on DATASETS.TEST after the last iteration).
 
     Returns (the `loss_key` value of every iteration, the evaluation results dict).
     """
-    cfg = setup(train_argument_parser().parse_args(["--config-file", str(config), *opts]))
+    cfg = load_cfg(config, opts)
     trainer = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -45,6 +50,6 @@ def register_subset(name: str, source: str, num_images: int) -> str:
 def evaluate_untrained(config: Path, opts: Sequence[str]) -> Dict:
     """The evaluation of the randomly initialised model of `config` (same overrides and seed as
     the training run): the baseline a model that learns nothing reaches."""
-    cfg = setup(train_argument_parser().parse_args(["--config-file", str(config), *opts]))
+    cfg = load_cfg(config, opts)
     trainer_cls = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)
     return trainer_cls.test(cfg, trainer_cls.build_model(cfg))

@@ -18,8 +18,9 @@ from cad.data.coco import register_class_agnostic_coco
 from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_MULTICLASS_METADATA, load_shapes_multiclass
 from cad.data.voc import register_class_agnostic_voc
+from cad.utils.visualize_motion import evaluate_baselines
 from conftest import REPO
-from learning_harness import evaluate_untrained, loss_drop, register_subset, train_and_evaluate
+from learning_harness import evaluate_untrained, load_cfg, loss_drop, register_subset, train_and_evaluate
 
 SEED = int(os.environ.get("CAD_LEARNING_SEED", "0"))
 COMMON = [
@@ -82,7 +83,7 @@ def gd_teacher(tmp_path_factory):
 def test_guided_distillation_stage1_overfits(gd_teacher):
     opts, losses, results, _ = gd_teacher
     untrained = evaluate_untrained(GD_CONFIGS / "mask2former_tiny_synthetic_teacher.yaml", opts)
-    # seeds 0/1/2: loss drop 2.99/2.97/GD1S2L, mask AP 59.2/59.5/GD1S2A (untrained 0.0 each);
+    # seeds 0/1/2: loss drop 2.99/2.97/3.62, mask AP 59.2/59.5/62.4 (untrained 0.0 each);
     # mask and dice losses zeroed: loss drop 4.89 (the class loss still falls), mask AP 0.0
     assert loss_drop(losses) > 2, losses
     assert results["segm"]["AP"] > untrained["segm"]["AP"] + 30, (results, untrained)
@@ -101,7 +102,7 @@ def test_guided_distillation_stage2_student_learns_from_teacher(gd_teacher, tmp_
             "SSL.TEACHER_CKPT", str(teacher_ckpt), "SSL.BURNIN_ITER", "100000", "SSL.EVAL_WHO", "student",
             "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.001", "OUTPUT_DIR", str(tmp_path)]
     losses, results = train_and_evaluate(config, opts)
-    # seeds 0/1/2: loss drop 2.62/2.93/GD2S2L, mask AP 16.8/34.9/GD2S2A (the untrained model: 0.0, stage-1
+    # seeds 0/1/2: loss drop 2.62/2.93/2.68, mask AP 16.8/34.9/31.8 (the untrained model: 0.0, stage-1
     # test); pseudo-labels from the student instead of the teacher: loss drop 1.11, mask AP 8.6
     assert loss_drop(losses) > 1.8, losses
     assert results["segm"]["AP"] > 12, results
@@ -116,14 +117,9 @@ MOTION_OPTS = [
 @pytest.mark.parametrize("config", ["configs/DIOD/diod_synthetic.yaml", "configs/xMOD/xmod_synthetic.yaml"])
 def test_motion_model_overfits_motion_masks(config, tmp_path):
     """DIOD / xMOD burn-in on the motion masks of 3 tiny clips, evaluated on them (fg-ARI)."""
-    from cad.engine.cli import train_argument_parser
-    from cad.engine.train import setup
-    from cad.utils.visualize_motion import evaluate_baselines
-
     opts = [*MOTION_OPTS, "SOLVER.MAX_ITER", "40", "OUTPUT_DIR", str(tmp_path)]
     untrained = evaluate_untrained(REPO / config, opts)["motion"]
-    baselines = evaluate_baselines(setup(train_argument_parser().parse_args(["--config-file", str(REPO / config), *opts])),
-                                   "synthetic_motion_tiny_train")
+    baselines = evaluate_baselines(load_cfg(REPO / config, opts), "synthetic_motion_tiny_train")
     losses, results = train_and_evaluate(REPO / config, opts)
     m = results["motion"]
     # seeds 0/1/2, DIOD: loss drop 1.70/1.95/1.87, fg-ARI 50.2/48.1/61.5 (untrained 0.0/0.0/24.0);
@@ -174,9 +170,10 @@ def test_lost_cad_overfits_lost_boxes(tmp_path):
         *COMMON, "DATASETS.TRAIN", "('learning_lost_boxes',)", "DATASETS.TEST", "('learning_lost_gt',)",
         "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "100", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.WARMUP_ITERS", "5", "SOLVER.BASE_LR", "0.02",
-        # a ResNet-18 trunk (res2-res4) and a slim res5 box head: R50-C4's recipe at a tenth of the cost
+        # a ResNet-18 trunk (res2-res4) and a slim res5 box head (R50-C4 from scratch needed > 140 s of CPU
+        # for 40 iterations; this whole test takes ~50 s)
         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
-        "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.RESNETS.NORM", "GN",  # BN statistics of 2 images mislead eval
+        "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.RESNETS.NORM", "GN",  # as the synthetic detector configs (from scratch, 2-image batches)
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # CorLoc scores the top box, however low
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
         "INPUT.MAX_SIZE_TEST", "128", "TEST.PRECISE_BN.ENABLED", "False",
@@ -186,6 +183,7 @@ def test_lost_cad_overfits_lost_boxes(tmp_path):
     ]
     untrained = evaluate_untrained(config, opts)["corloc"]["CorLoc"]
     losses, results = train_and_evaluate(config, opts)
-    print("lost", loss_drop(losses), untrained, results["corloc"]["CorLoc"])
+    # seeds 0/1/2: loss drop 1.68/2.02/1.73, CorLoc 100/100/50 (untrained 0.0 each; one full-image box
+    # per image: 0, its IoU with a box of at most 59x59 px is < 0.3); box classifier loss zeroed: 1.14, CorLoc 0.0
     assert loss_drop(losses) > 1.3, losses
-    assert results["corloc"]["CorLoc"] >= untrained + 50, (results, untrained)
+    assert results["corloc"]["CorLoc"] > untrained + 30, (results, untrained)  # 2 of the 6 images or more
