@@ -30,9 +30,7 @@ def test_cascade_train_eval_and_self_training_round(tmp_path, datasets_root):
     proc = run_tool("train_net.py", "--config-file", str(CONFIG), "--eval-only", "--test-dataset", "synthetic_shapes_tiny_val",
                     *TINY_OPTS, "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(evaluated), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((evaluated / "eval_results.json").read_text())
-    for task in ("bbox", "segm"):
-        assert {"AP", "AP50", "AP75", "AR@100"} <= set(results[task])
+    # the values of the evaluation: tests/test_learning.py::test_cascade_soft_targets_droploss_overfits_pseudo_masks
 
     image_dir, gt_json = split_paths("synthetic_shapes_tiny_val", datasets_root)
     proc = run_tool("self_training_ann.py", "--detectron2-out-dir", str(evaluated), "--coco-ann-path", str(gt_json),

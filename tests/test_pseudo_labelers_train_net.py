@@ -13,6 +13,7 @@ from cad.data.coco import register_class_agnostic_coco
 from cad.data.synthetic import SHAPES_SPLITS, render_image
 from cad.discovery.cli import run as discover
 from cad.engine.cli import run as train_net
+from cad.evaluation.corloc import dataset_corloc
 from cad.utils.io import atomic_write_json, atomic_write_png
 
 from conftest import REPO, run_tool
@@ -69,10 +70,13 @@ def _tiny(*weights):
 
 def test_lost_eval_only_reports_corloc_and_box_ap(ckpts, tmp_path):
     metrics = _eval_only("LOST/lost_synthetic.yaml", tmp_path, "DATASETS.TEST", f"('{TINY_SPLIT}',)", *_tiny(ckpts["s16"]))
-    assert set(metrics) == {"corloc", "bbox"} and 0 <= metrics["corloc"]["CorLoc"] <= 100
+    assert set(metrics) == {"corloc", "bbox"}
     assert "CorLoc" in (tmp_path / "log.txt").read_text()
     results = json.loads((tmp_path / "inference" / TINY_SPLIT / "coco_instances_results.json").read_text())
     assert len(results) == 8 and all("segmentation" not in r for r in results)  # one box per image
+    # the reported CorLoc is that of the dumped boxes (XYWH -> XYXY) against the split's ground truth
+    boxes = {r["image_id"]: np.array([[x, y, x + w, y + h] for x, y, w, h in [r["bbox"]]]) for r in results}
+    assert metrics["corloc"]["CorLoc"] == pytest.approx(100 * dataset_corloc(TINY_SPLIT, boxes))
 
 
 @pytest.mark.parametrize("config, weights", [("CutLER/maskcut_synthetic.yaml", ["s16"]),
