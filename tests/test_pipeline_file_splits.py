@@ -127,7 +127,7 @@ def test_train_net_reports_a_load_error_in_one_line(folder, capsys):
     tmp_path, names, path = folder
     (tmp_path / "imgs" / names[0]).unlink()
     spec = f"coco:{path}:{tmp_path / 'imgs'}"
-    status = run(["--config-file", str(TINY_CONFIG), "--eval-only", "--test-dataset", spec, *TINY_OPTS,
+    status = run(["--config-file", str(TINY_CONFIG), "--train-dataset", spec, *TINY_OPTS,
                   "OUTPUT_DIR", str(tmp_path / "out")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert status == 2 and len(errors) == 1

@@ -82,12 +82,16 @@ def _torch_load(path: str) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def checkpoint_layout(raw: Any, path: str, cfg=None) -> Dict[str, Any]:
+def checkpoint_layout(raw: Any, path: str, cfg=None, model_keys: Optional[Iterable[str]] = None) -> Dict[str, Any]:
     """Detectron2's checkpoint dict `{"model": state_dict, ...}` of a loaded file object `raw`,
     converted from a registered official layout when one matches; the layout's name is stored
-    under a private key. Raises `CheckpointError` for anything that is not a checkpoint."""
+    under a private key. A Detectron2 file whose keys are exactly `model_keys` (the model's own,
+    e.g. cad's Guided Distillation teacher-student pair resumed) is taken as it is. Raises
+    `CheckpointError` for anything that is not a checkpoint."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"'{path}' holds a {type(raw).__name__}, not a checkpoint (a dict of weights)")
+    if model_keys is not None and isinstance(raw.get("model"), dict) and set(raw["model"]) == set(model_keys):
+        return {**raw, _LAYOUT: "Detectron2"}
     layout = find_layout(raw)
     if layout is not None:
         logger.info("'%s': %s layout (%s), converted to cad's names", path, layout.name, layout.description)
@@ -168,7 +172,7 @@ class CadCheckpointer(DetectionCheckpointer):
             raise CheckpointError(
                 f"cannot read '{filename}' as a checkpoint ({type(e).__name__}: {_first_line(e)})"
             ) from e
-        checkpoint = checkpoint_layout(raw, filename, self.cfg)
+        checkpoint = checkpoint_layout(raw, filename, self.cfg, self.model.state_dict().keys())
         checkpoint["model"] = select_prefix(checkpoint["model"], self.prefix)
         self._path = filename
         return checkpoint

@@ -219,8 +219,9 @@ class GuidedDistillationTrainer(CadTrainer):
         DDP around the student only (the teacher is updated by EMA, identically on every rank)."""
         if not cfg.SSL.TRAIN_SSL:
             return super().build_training(cfg)
+        teacher = cls.build_model(cfg)
         student = cls.build_model(cfg)
-        ensemble = TeacherStudent(cls.build_model(cfg), student, cfg.SSL.EVAL_WHO)
+        ensemble = TeacherStudent(teacher, student, cfg.SSL.EVAL_WHO)
         optimizer = cls.build_optimizer(cfg, student)
         labeled_loader = cls.build_train_loader(cfg)
         unlabeled_loader = build_unlabeled_loader(cfg)
