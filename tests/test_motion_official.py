@@ -13,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
 from cad.checkpoint import find_layout
+from cad.checkpoint.loader import CheckpointError, load_checkpoint
 from cad.config import add_cad_config
 from cad.modeling.motion.meta_arch import DIOD, XMOD
 from cad.modeling.motion.networks import bn_batch_statistics
@@ -183,12 +184,10 @@ def official_cfg(arch: str = "DIOD", size=SIZE):
 
 
 def load_official(cfg, path: Path):
-    """What the generic loader does: torch.load, find_layout, strict load of layout.to_cad."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    layout = find_layout(obj)
+    """The official file at `path` through cad's loader (layout recognition, strict load)."""
+    layout = find_layout(torch.load(path, map_location="cpu", weights_only=True))
     model = {"DIOD": DIOD, "XMOD": XMOD}[cfg.MODEL.META_ARCHITECTURE](cfg)
-    result = model.load_state_dict(layout.to_cad(obj, cfg), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    load_checkpoint(model, str(path), cfg)
     return layout, model.eval()
 
 
@@ -296,6 +295,9 @@ def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     cfg.CAD.MOTION.TOKEN_NORM, cfg.CAD.MOTION.QKV_BIAS = "token", False
     with pytest.raises(ValueError, match=r"TOKEN_NORM token \(official: joint\), QKV_BIAS False"):
         find_layout(obj).to_cad(obj, cfg)
+    with pytest.raises(CheckpointError, match=r"^'.*a.ckpt' \(diod layout\): an official DIOD/xMOD checkpoint needs") as err:
+        load_checkpoint(DIOD(cfg), str(tmp_path / "a.ckpt"), cfg)  # through the loader: one line naming file and layout
+    assert "\n" not in str(err.value)
     cfg = official_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="cannot initialise MODEL.META_ARCHITECTURE GeneralizedRCNN"):

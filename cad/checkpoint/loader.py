@@ -37,12 +37,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from cad.backbones.vit import CheckpointLayoutError
 from cad.checkpoint.layouts import find_layout, registered_layouts
 from cad.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "CadCheckpointer", "load_checkpoint", "checkpoint_layout", "select_prefix"]
+__all__ = ["CheckpointError", "CadCheckpointer", "load_checkpoint", "checkpoint_layout"]
 
 # Key under which `_load_file` passes the recognised layout's name to `_load_model`.
 _LAYOUT = "__cad_layout__"
@@ -95,7 +96,11 @@ def checkpoint_layout(raw: Any, path: str, cfg=None, model_keys: Optional[Iterab
     layout = find_layout(raw)
     if layout is not None:
         logger.info("'%s': %s layout (%s), converted to cad's names", path, layout.name, layout.description)
-        return {"model": layout.to_cad(raw, cfg), _LAYOUT: layout.name}
+        try:
+            state = layout.to_cad(raw, cfg)
+        except (ValueError, CheckpointLayoutError) as e:  # a converter's one-line refusal (config, companion file)
+            raise CheckpointError(f"'{path}' ({layout.name} layout): {_first_line(e)}") from e
+        return {"model": state, _LAYOUT: layout.name}
     if isinstance(raw.get("model"), dict) and raw["model"] and all(_is_array(v) for v in raw["model"].values()):
         name = "Detectron2 backbone (matching heuristics)" if raw.get("matching_heuristics") else "Detectron2"
         return {**raw, _LAYOUT: name}
@@ -105,14 +110,6 @@ def checkpoint_layout(raw: Any, path: str, cfg=None, model_keys: Optional[Iterab
     raise CheckpointError(
         f"'{path}' has no layout cad knows (top-level keys: {_names(sorted(map(str, raw)))}); known layouts: {known}"
     )
-
-
-def select_prefix(state: Dict[str, Any], prefix: str) -> Dict[str, Any]:
-    """The `prefix` part of a state dict, prefix removed (e.g. "teacher." of a teacher-student
-    checkpoint); the whole dict when no key has the prefix."""
-    if prefix and any(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
 
 
 def _modules(keys: Iterable[str]) -> List[str]:
@@ -135,15 +132,12 @@ def _hint(file_keys: Sequence[str], model: nn.Module, model_keys: Sequence[str])
 class CadCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer with cad's reading, layout recognition and loading rule (module
     docstring). `cfg` is passed to the official layouts' converters; `for_training` allows a
-    backbone-only initialisation and a random initialisation (empty path); `prefix` loads the
-    `prefix` part of a checkpoint that has one (e.g. "teacher.")."""
+    backbone-only initialisation and a random initialisation (empty path)."""
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, cfg=None, for_training: bool = False,
-                 prefix: str = "", **kwargs) -> None:
+    def __init__(self, model: nn.Module, save_dir: str = "", *, cfg=None, for_training: bool = False, **kwargs) -> None:
         super().__init__(model, save_dir, **kwargs)
         self.cfg = cfg
         self.for_training = for_training
-        self.prefix = prefix
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """Load `path` (module docstring). A model with `load_own_weights(path)` (the discovery
@@ -173,7 +167,6 @@ class CadCheckpointer(DetectionCheckpointer):
                 f"cannot read '{filename}' as a checkpoint ({type(e).__name__}: {_first_line(e)})"
             ) from e
         checkpoint = checkpoint_layout(raw, filename, self.cfg, self.model.state_dict().keys())
-        checkpoint["model"] = select_prefix(checkpoint["model"], self.prefix)
         self._path = filename
         return checkpoint
 
@@ -250,7 +243,6 @@ class CadCheckpointer(DetectionCheckpointer):
         )
 
 
-def load_checkpoint(model: nn.Module, path: str, cfg=None, *, for_training: bool = False, prefix: str = "") -> None:
-    """Load the weights file `path` into `model` by cad's rule (module docstring); e.g.
-    `load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, cfg, prefix="teacher.")`."""
-    CadCheckpointer(model, cfg=cfg, for_training=for_training, prefix=prefix).load(path, checkpointables=[])
+def load_checkpoint(model: nn.Module, path: str, cfg=None, *, for_training: bool = False) -> None:
+    """Load the weights file `path` into `model` by cad's rule (module docstring)."""
+    CadCheckpointer(model, cfg=cfg, for_training=for_training).load(path, checkpointables=[])

@@ -140,7 +140,10 @@ def _load_3d(cfg) -> StateDict:
     local = PathManager.get_local_path(path)
     if not os.path.isfile(local):
         raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' not found")
-    obj = torch.load(local, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  any reader failure: not a checkpoint, or cut short
+        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' cannot be read as a checkpoint ({type(e).__name__})") from e
     if _in_channels(obj) != 4:
         raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' is not an xMOD 3D checkpoint (epoch_*_3d.ckpt)")
     return _network(obj, cfg, path)
