@@ -32,15 +32,14 @@ from cad.config import ConfigError
 from cad.data.mapper import is_readable_image
 from cad.data.self_training import prediction_annotations
 from cad.discovery.export import image_entry, write_coco_json
+from cad.discovery.sources import IMAGE_EXTENSIONS, image_size
 from cad.engine.predict import build_loaded_model
 from cad.engine.trainer import TRAINER_REGISTRY
 from cad.utils.io import atomic_write_png
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoSummary", "collect_images", "run_demo", "RESULTS_FILE", "IMAGE_EXTENSIONS"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["DemoSummary", "collect_images", "run_demo", "RESULTS_FILE"]
 # The COCO JSON written next to the PNGs.
 RESULTS_FILE = "demo_results.json"
 MOTION_ARCHS = ("DIOD", "XMOD")
@@ -89,7 +88,7 @@ def _register_inputs(files: Sequence[str], metadata_from: str) -> str:
     name = f"cad_demo_{uuid.uuid4().hex[:8]}"
     records = []
     for i, f in enumerate(files):
-        height, width = read_image(f).shape[:2]
+        height, width = image_size(f)  # the file header (EXIF orientation applied), as read_image gives it
         records.append({"file_name": f, "image_id": i, "height": height, "width": width})
     DatasetCatalog.register(name, lambda: records)
     classes = getattr(MetadataCatalog.get(metadata_from), "thing_classes", None) if metadata_from else None
