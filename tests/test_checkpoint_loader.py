@@ -134,14 +134,18 @@ def test_full_checkpoint_mismatches_are_one_line_errors(tiny, tmp_path):
     assert re.search(r"1 mis-shaped \(roi_heads.box_predictor.bbox_pred.bias \(9,\) in the file vs \(4,\)\)", text), text
 
 
+def _assert_same_state(expected: torch.nn.Module, loaded: torch.nn.Module) -> None:
+    for k, v in expected.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_bare_state_dict(tiny, tmp_path):
     cfg, model, _ = tiny
     bare = tmp_path / "bare.pth"
     torch.save(model.state_dict(), bare)
     target = _model(cfg, seed=9)
     load_checkpoint(target, str(bare), cfg)
-    for k, v in model.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v), k
+    _assert_same_state(model, target)
 
 
 def test_wrong_family_is_one_line(tiny, tmp_path):
@@ -210,8 +214,7 @@ def test_build_loaded_model_equals_saved(tiny):
     cfg, model, path = tiny
     loaded = build_loaded_model(cfg, str(path))
     assert not loaded.training
-    for k, v in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
+    _assert_same_state(model, loaded)
 
 
 def test_train_net_eval_only_text_file_is_one_line(tmp_path):
@@ -289,8 +292,7 @@ def test_file_saved_from_gpu_tensors_loads_on_cpu(tiny, tmp_path):
         torch.load(path, weights_only=True)  # the storages really are tagged cuda:0
     target = _model(cfg, seed=4)
     load_checkpoint(target, str(path), cfg)
-    for k, v in model.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v), k
+    _assert_same_state(model, target)
 
 
 def test_declared_partial_initialisation(tiny, tmp_path):
