@@ -1,7 +1,7 @@
 # Two commands for a new user (README): `make demo` runs the main job, `make test` the test suite.
 # Both install everything into .venv first (a no-op in about a second once done).
 PY := .venv/bin/python
-DEMO_CFG := configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic.yaml
+DEMO_CFG := configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic_demo.yaml
 DEMO_OUT ?= output/demo
 
 .PHONY: install demo test

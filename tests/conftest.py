@@ -21,7 +21,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "MaskRCNN" / "mask_rcnn_R_18_FPN_synthetic.yaml"
+TINY_CONFIG = REPO / "configs" / "MaskRCNN" / "mask_rcnn_R_18_FPN_synthetic_demo.yaml"
 # Overrides that make the demo config a 2-iteration run on the tiny synthetic splits.
 TINY_OPTS = [
     "DATASETS.TRAIN", "('synthetic_shapes_tiny_train',)",

@@ -24,6 +24,7 @@ from cad.engine.distributed import broadcast_buffers
 from cad.engine.eta import EtaHook
 from cad.engine.preemption import PreemptionHook
 from cad.evaluation.build import build_evaluator
+from cad.modeling.roi_align import use_threaded_roi_align_backward
 from cad.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class CadTrainer(DefaultTrainer):
 
     def build_hooks(self) -> List:
         """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)
-        and `EtaHook` (a training-time estimate after the first iterations, main process)."""
+        and `EtaHook` (training-time estimates after the first iterations and after the LR warm-up,
+        main process)."""
         hooks = super().build_hooks() + [PreemptionHook()]
-        return hooks + [EtaHook()] if comm.is_main_process() else hooks
+        return hooks + [EtaHook(warmup=self.cfg.SOLVER.WARMUP_ITERS)] if comm.is_main_process() else hooks
 
     def state_dict(self) -> Dict:
         """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).
@@ -94,8 +96,10 @@ class CadTrainer(DefaultTrainer):
     @classmethod
     def build_training(cls, cfg) -> Tuple[torch.nn.Module, SimpleTrainer]:
         """The checkpointed model and the object that runs one iteration, built in Detectron2's
-        order (model, optimizer, loader, DDP). Trainers with several models override this."""
+        order (model, optimizer, loader, DDP). Trainers with several models override this.
+        RoI poolers get the multi-threaded CPU backward (`cad.modeling.roi_align`)."""
         model = cls.build_model(cfg)
+        use_threaded_roi_align_backward(model)
         optimizer = cls.build_optimizer(cfg, model)
         data_loader = cls.build_train_loader(cfg)
         return model, cls.build_step_trainer(cfg, build_ddp_model(model), data_loader, optimizer)

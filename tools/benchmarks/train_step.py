@@ -7,6 +7,10 @@ Example (the figures in the README):
       configs/MaskRCNN/mask_rcnn_R_50_FPN_synthetic.yaml \
       configs/MaskRCNN/cascade_mask_rcnn_R_18_FPN_synthetic.yaml
 Each (config, threads) pair runs in a fresh process so peak memory is per run.
+
+`--opts MODEL.WEIGHTS FILE` starts the steps from a trained model (loaded as `train_net` does). Time a
+detector that way: its steps get slower while it learns, because its RPN then proposes objects and
+the RoI heads (the mask head above all) train on more foreground proposals.
 """
 import argparse
 import json
@@ -26,7 +30,10 @@ def benchmark_training(cfg, iters: int = 10, warmup: int = 3) -> Dict[str, float
 
     from cad.engine.trainer import TRAINER_REGISTRY
 
-    step = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)(cfg)._trainer
+    trainer = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)(cfg)
+    if cfg.MODEL.WEIGHTS:
+        trainer.resume_or_load(resume=False)
+    step = trainer._trainer
     timer = PhaseTimer()
     with EventStorage(0) as storage:
         for i in range(warmup + iters):
