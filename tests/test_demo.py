@@ -63,6 +63,15 @@ def _direct(cfg, mapper, folder, threshold):
     return out
 
 
+def _written(inst, with_masks):
+    """The instances the JSON keeps (pseudo-label format): boxes at least 1 px wide and high, non-empty masks."""
+    wh = inst.pred_boxes.tensor[:, 2:] - inst.pred_boxes.tensor[:, :2]
+    keep = (wh >= 1).all(dim=1)
+    if with_masks:
+        keep &= inst.pred_masks.flatten(1).any(dim=1)
+    return inst[keep]
+
+
 def _check(summary, out, direct, with_masks=True):
     assert [s.split("/")[-1] for s in summary.skipped] == ["broken.png", "notes.jpg"]
     assert len(summary.pngs) == len(SIZES)
@@ -72,6 +81,7 @@ def _check(summary, out, direct, with_masks=True):
     coco = json.loads((out / RESULTS_FILE).read_text())
     assert [(im["id"], im["height"], im["width"]) for im in coco["images"]] == [(i, h, w) for i, (h, w) in enumerate(SIZES)]
     for i, inst in enumerate(direct):
+        inst = _written(inst, with_masks)
         anns = [a for a in coco["annotations"] if a["image_id"] == i]
         assert len(anns) == len(inst), i
         scores = sorted(a["score"] for a in anns)

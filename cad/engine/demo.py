@@ -5,7 +5,7 @@ readable input image goes through the model's own test-time mapping (the trainer
 a temporary split of the inputs), then one PNG per image (Detectron2 `Visualizer`, predictions with
 score >= the threshold) and one COCO JSON (`images` with id/file_name/height/width in input order,
 ids 0, 1, ...; `annotations` with bbox XYWH, score, RLE `segmentation` for mask models; the format
-of cad's pseudo-label JSONs) are written, atomically.
+of cad's pseudo-label JSONs, which leave out boxes under 1 px and empty masks) are written, atomically.
 
 Motion models (DIOD): the input is a folder of frames (sorted by name), cut into consecutive clips
 of `CAD.MOTION.CLIP_LENGTH`; one PNG strip per clip (frames, slot masks) is written.
