@@ -26,6 +26,9 @@ def _add_runtime_config(cfg: CN) -> None:
     cfg.CAD = CN()
     # Trainer class from cad.engine.TRAINER_REGISTRY that tools/train_net.py builds.
     cfg.CAD.TRAINER = "CadTrainer"
+    # Optimizer of every trainer but the motion one: "SGD" (Detectron2's) or "ADAMW" (Mask2Former's
+    # configs, the CPU demo).
+    cfg.SOLVER.OPTIMIZER = "SGD"
     # torch intra-op threads per process; 0 keeps torch's default. On small CPUs one thread per
     # process avoids oversubscription (measured ~3x slower with 2 threads on a busy 2-core box).
     cfg.CAD.NUM_THREADS = 0
@@ -193,9 +196,7 @@ def _add_mask2former_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
-    # Optimizer of every trainer but the motion one: "SGD" (Detectron2's) or "ADAMW" (Mask2Former's
-    # configs, the CPU demo); Mask2Former groups add a backbone LR factor and no decay on embeddings.
-    cfg.SOLVER.OPTIMIZER = "SGD"
+    # Mask2Former's parameter groups (with SOLVER.OPTIMIZER): backbone LR factor, no decay on embeddings.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
 

@@ -9,11 +9,11 @@ from torch import nn
 from cad.engine.setup import ConfigError, build_cfg
 from cad.engine.trainer import CadTrainer
 
-from conftest import TINY_CONFIG
+from conftest import REPO, TINY_CONFIG
 
 
-def _cfg(*opts: str):
-    return build_cfg(argparse.Namespace(config_file=str(TINY_CONFIG), opts=list(opts), train_dataset="", test_dataset=""))
+def _cfg(*opts: str, config=TINY_CONFIG):
+    return build_cfg(argparse.Namespace(config_file=str(config), opts=list(opts), train_dataset="", test_dataset=""))
 
 
 def _model() -> nn.Module:
@@ -50,9 +50,7 @@ def test_sgd_is_detectron2s_and_the_default():
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     optimizer.step()
     assert torch.allclose(model[0].weight, torch.full_like(model[0].weight, 2.0 - 0.1 * 3.0))
-    default = build_cfg(argparse.Namespace(config_file=str(TINY_CONFIG).replace("_demo", ""), opts=[],
-                                           train_dataset="", test_dataset=""))
-    assert default.SOLVER.OPTIMIZER == "SGD"
+    assert _cfg(config=REPO / "configs" / "MaskRCNN" / "mask_rcnn_R_18_FPN_synthetic.yaml").SOLVER.OPTIMIZER == "SGD"
 
 
 def test_unknown_optimizer_is_a_config_error():
