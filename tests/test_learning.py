@@ -19,7 +19,7 @@ from cad.data.paths import datasets_root
 from cad.data.synthetic import SHAPES_MULTICLASS_METADATA, load_shapes_multiclass
 from cad.data.voc import register_class_agnostic_voc
 from cad.utils.visualize_motion import evaluate_baselines
-from conftest import REPO
+from conftest import REPO, TINY_CONFIG
 from learning_harness import evaluate_untrained, load_cfg, loss_drop, register_subset, train_and_evaluate
 
 SEED = int(os.environ.get("CAD_LEARNING_SEED", "0"))
@@ -50,6 +50,23 @@ def test_cascade_soft_targets_droploss_overfits_pseudo_masks(tmp_path):
     assert loss_drop(losses) > 1.1, losses
     assert results["segm"]["AP50"] > untrained["segm"]["AP50"] + 10, (results, untrained)
     assert results["bbox"]["AP50"] > untrained["bbox"]["AP50"] + 20, (results, untrained)
+
+
+def test_mask_rcnn_demo_config_with_adamw_overfits(tmp_path):
+    """The `make demo` config (Mask R-CNN, AdamW built by CadTrainer.build_optimizer) on 2 images
+    with their ground-truth masks, evaluated by mask/box AP on those images."""
+    split = register_subset("learning_shapes2", "synthetic_shapes_tiny_train", 2)
+    opts = [
+        *COMMON, *SIZE_128, "DATASETS.TRAIN", f"('{split}',)", "DATASETS.TEST", f"('{split}',)",
+        "SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "5", "OUTPUT_DIR", str(tmp_path),
+    ]
+    untrained = evaluate_untrained(TINY_CONFIG, opts)
+    losses, results = train_and_evaluate(TINY_CONFIG, opts)
+    # seeds 0/1/2: loss drop 1.57/1.50/1.82, mask AP50 52.3/86.8/80.0, box AP50 63.7/87.5/80.0
+    # (untrained box AP50 0.4/1.3/0.6)
+    assert loss_drop(losses) > 1.3, losses
+    assert results["segm"]["AP50"] > untrained["segm"]["AP50"] + 30, (results, untrained)
+    assert results["bbox"]["AP50"] > untrained["bbox"]["AP50"] + 40, (results, untrained)
 
 
 def _register_multiclass(name: str, first: int, last: int) -> str:
