@@ -43,7 +43,7 @@ from cad.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "CadCheckpointer", "load_checkpoint", "checkpoint_layout"]
+__all__ = ["CheckpointError", "CadCheckpointer", "load_checkpoint", "checkpoint_layout", "read_weights"]
 
 # Key under which `_load_file` passes the recognised layout's name to `_load_model`.
 _LAYOUT = "__cad_layout__"
@@ -81,6 +81,19 @@ def _torch_load(path: str) -> Any:
             raise
     logger.warning("'%s' pickles Python objects besides tensors: reading it with full unpickling (load only files you trust)", path)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_weights(path: str) -> Any:
+    """The object stored in the weights file `path`, read on the CPU: `.pkl` / `.pyth` files with
+    Detectron2's reader (model-zoo, Caffe2 and pycls pickles), any other file with `torch.load`.
+    Every read of a weights file in cad goes through here. Raises `CheckpointError` (one line) when
+    the file cannot be read."""
+    try:
+        if path.endswith((".pkl", ".pyth")):
+            return DetectionCheckpointer(nn.Module())._load_file(path)
+        return _torch_load(path)
+    except Exception as e:  # noqa: BLE001  any reader failure means "not a checkpoint"
+        raise CheckpointError(f"cannot read '{path}' as a checkpoint ({type(e).__name__}: {_first_line(e)})") from e
 
 
 def checkpoint_layout(raw: Any, path: str, cfg=None, model_keys: Optional[Iterable[str]] = None) -> Dict[str, Any]:
@@ -157,15 +170,7 @@ class CadCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        try:
-            if filename.endswith((".pkl", ".pyth")):
-                raw = super()._load_file(filename)  # Detectron2: model-zoo, Caffe2 and pycls pickles
-            else:
-                raw = _torch_load(filename)
-        except Exception as e:  # noqa: BLE001  any reader failure means "not a checkpoint"
-            raise CheckpointError(
-                f"cannot read '{filename}' as a checkpoint ({type(e).__name__}: {_first_line(e)})"
-            ) from e
+        raw = read_weights(filename)
         checkpoint = checkpoint_layout(raw, filename, self.cfg, self.model.state_dict().keys())
         self._path = filename
         return checkpoint
