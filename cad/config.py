@@ -5,10 +5,13 @@ and a one-line comment. Call it right after `get_cfg()`; `cad.engine.setup_cfg` 
 """
 from detectron2.config import CfgNode as CN
 
+from cad.errors import UserError
 
-class ConfigError(ValueError):
-    """A config file, key, value, dataset name or weights file that cannot be used (the command
-    lines print it as one line `error: ...` and exit with status 2)."""
+
+class ConfigError(UserError, ValueError):
+    """A config file, key, value, dataset name or weights file that cannot be used (a
+    `cad.errors.UserError`: the command lines print it as one line `error: ...` and exit with
+    status 2)."""
 
 
 def add_cad_config(cfg: CN) -> None:
@@ -58,7 +61,8 @@ def _add_vit_config(cfg: CN) -> None:
     cfg.CAD.VIT = CN()
     # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg]).
     cfg.CAD.VIT.ARCH = "dino_vits16"
-    # Official checkpoint file; "" = $TORCH_HOME/hub/checkpoints/<official name>; "random" = random init.
+    # Official checkpoint: a path or an http(s):// URL; "" = the official file of ARCH (downloaded once
+    # into $TORCH_HOME/hub/checkpoints, docs/weights.md); "random" = random init.
     cfg.CAD.VIT.WEIGHTS = ""
     # Freeze the ViT's weights (train only what sits on top of it).
     cfg.CAD.VIT.FREEZE = False
@@ -106,7 +110,8 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.DISCOVERY = CN()
     # ViT architectures in order (official torch.hub names); [] = the method's default model(s).
     cfg.CAD.DISCOVERY.ARCHS = []
-    # Checkpoint of each of ARCHS (official key layout); [] or "" = torch.hub cache; "random" = random init.
+    # Checkpoint of each of ARCHS (official key layout): a path or a URL; [] or "" = the official file
+    # (downloaded once into the torch.hub cache); "random" = random init.
     cfg.CAD.DISCOVERY.WEIGHTS = []
     # Architecture overrides of every ViT, 0 = official (small random models for tests and demos).
     cfg.CAD.DISCOVERY.VIT_DEPTH = 0
@@ -207,7 +212,7 @@ def _add_ssl_config(cfg: CN) -> None:
     # Stage 2 (teacher-student on labeled + unlabeled) when True; stage 1 (labeled only) when
     # False. The reference defaults to True; cad defaults to plain supervised training.
     ssl.TRAIN_SSL = False
-    # Stage-1 checkpoint loaded into the teacher at the start of stage 2 (required then).
+    # Stage-1 checkpoint (a path or a URL) loaded into the teacher at the start of stage 2 (required then).
     ssl.TEACHER_CKPT = ""
     # Iteration at which the teacher becomes a copy of the student; EMA teacher after it.
     ssl.BURNIN_ITER = 50000
@@ -358,7 +363,8 @@ def _add_motion_config(cfg: CN) -> None:
     m.POINT_JITTER_PROB = 0.4
     # xMOD from official files: MODEL.WEIGHTS is the 2D checkpoint (DIOD's file or xMOD's
     # epoch_*_2d.ckpt) and this is the 3D one (xMOD epoch_*_3d.ckpt), as xMOD's trainer takes
-    # checkpoint_path_2d and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
+    # checkpoint_path_2d and checkpoint_path_3d (train/trainer._load_teacher_checkpoints). A path or a
+    # URL, read by cad.checkpoint's loader when MODEL.WEIGHTS is an official 2D file and the model an XMOD.
     m.WEIGHTS_3D = ""
     # Official checkpoint trained at another INPUT_SIZE (DIOD's KITTI run starts from the TRI-PD
     # model; trainKITTI_ts.py load_model skips the shape-mismatched tensors): True re-initialises

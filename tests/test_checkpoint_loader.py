@@ -18,7 +18,7 @@ from cad.checkpoint.loader import CadCheckpointer, CheckpointError, load_checkpo
 from cad.engine.predict import build_loaded_model
 from cad.engine.setup import ConfigError, build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
-from cad.modeling.torchvision_resnet import convert_torchvision_checkpoint
+from cad.checkpoint.convert import convert_torchvision_checkpoint
 
 from conftest import REPO, TINY_CONFIG, TINY_OPTS, run_tool
 
@@ -247,7 +247,7 @@ def test_lost_takes_model_weights_as_its_dino_vit(tmp_path):
 
 def test_discovery_model_weights_errors(tiny, tmp_path):
     _, _, detectron2_file = tiny
-    with pytest.raises(ConfigError, match=r"^checkpoint '.*model.pth' does not match dino_vits16"):
+    with pytest.raises(ConfigError, match=r"^'.*model.pth' \(top-level keys: iteration, model\) is not a DINO ViT file \(dino layout\) for dino_vits16$"):
         build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file), "CAD.DISCOVERY.WEIGHTS", "[]"))
     with pytest.raises(ConfigError, match="both give the LOST ViT"):  # lost_synthetic.yaml sets WEIGHTS ["random"]
         build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file)))

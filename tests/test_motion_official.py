@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
-from cad.checkpoint import find_layout
-from cad.checkpoint.loader import CheckpointError, load_checkpoint
+from cad.checkpoint import find_layout, read_weights
+from cad.checkpoint.loader import CheckpointError, checkpoint_layout, load_checkpoint
 from cad.config import add_cad_config
 from cad.modeling.motion.meta_arch import DIOD, XMOD
 from cad.modeling.motion.networks import bn_batch_statistics
@@ -281,33 +281,42 @@ def test_xmod_2d_and_3d_files_load_into_xmod_and_match_the_official_equations(tm
 def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     sd = random_official_state(official_shapes(DIM, SLOTS, SIZE), 8)
     sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 9)
-    obj = torch.load(official_file(sd, tmp_path / "a.ckpt"), weights_only=True)
-    obj3 = torch.load(official_file(sd3, tmp_path / "b.ckpt", 1), weights_only=True)
-    with pytest.raises(ValueError, match="CAD.MOTION.WEIGHTS_3D"):
-        find_layout(obj3).to_cad(obj3, official_cfg())
-    with pytest.raises(ValueError, match="needs xMOD's 3D checkpoint in CAD.MOTION.WEIGHTS_3D"):
-        find_layout(obj).to_cad(obj, official_cfg("XMOD"))
+    f2, f3 = official_file(sd, tmp_path / "a.ckpt"), official_file(sd3, tmp_path / "b.ckpt", 1)
+    obj, obj3 = read_weights(str(f2)), read_weights(str(f3))
+
+    def refused(raw, cfg, pattern):
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            checkpoint_layout(raw, "a.ckpt", cfg, _model_state(cfg))
+        assert "\n" not in str(err.value)
+
+    refused(obj3, official_cfg(), r"^'a.ckpt' is a xMOD epoch_\*_3d.ckpt .*: give it as CAD.MOTION.WEIGHTS_3D, with the 2D file")
     cfg = official_cfg("XMOD")
-    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "a.ckpt")  # a 2D file
-    with pytest.raises(ValueError, match="is not an xMOD 3D checkpoint"):
-        find_layout(obj).to_cad(obj, cfg)
+    cfg.CAD.MOTION.WEIGHTS_3D = str(f2)  # a 2D file
+    refused(obj, cfg, r"^CAD.MOTION.WEIGHTS_3D '.*a.ckpt' is not an xMOD epoch_\*_3d.ckpt .*\(xmod_3d layout\): it is in the diod layout$")
     cfg = official_cfg()
     cfg.CAD.MOTION.TOKEN_NORM, cfg.CAD.MOTION.QKV_BIAS = "token", False
-    with pytest.raises(ValueError, match=r"TOKEN_NORM token \(official: joint\), QKV_BIAS False"):
-        find_layout(obj).to_cad(obj, cfg)
-    with pytest.raises(CheckpointError, match=r"^'.*a.ckpt' \(diod layout\): an official DIOD/xMOD checkpoint needs") as err:
-        load_checkpoint(DIOD(cfg), str(tmp_path / "a.ckpt"), cfg)  # through the loader: one line naming file and layout
-    assert "\n" not in str(err.value)
+    refused(obj, cfg, r"^'a.ckpt' \(diod layout\) is the official network, which needs CAD.MOTION.TOKEN_NORM joint "
+                      r"\(the config has token\), CAD.MOTION.QKV_BIAS True \(the config has False\)$")
+    # the file's network takes BGR frames: an RGB config would load strictly and run on swapped colours
+    cfg = official_cfg()
+    cfg.CAD.MOTION.INPUT_FORMAT = "RGB"
+    refused(obj, cfg, r"needs CAD.MOTION.INPUT_FORMAT BGR \(the config has RGB\)$")
     cfg = official_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    with pytest.raises(ValueError, match="cannot initialise MODEL.META_ARCHITECTURE GeneralizedRCNN"):
-        find_layout(obj).to_cad(obj, cfg)
+    refused(obj, cfg, r"needs MODEL.META_ARCHITECTURE DIOD or XMOD \(the config has GeneralizedRCNN\)$")
     bad = {"model_state_dict": {"module.nope.weight": torch.zeros(1), **obj["model_state_dict"]}}
-    with pytest.raises(ValueError, match="unexpected key 'nope.weight'"):
-        find_layout(bad).to_cad(bad, official_cfg())
+    refused(bad, official_cfg(), r"^'a.ckpt' \(diod layout\): unexpected key 'nope.weight' in an official DIOD/xMOD checkpoint$")
+    # XMOD from the 2D file without its 3D file: strict loading names the 3D keys and the option
+    cfg = official_cfg("XMOD")
+    with pytest.raises(CheckpointError, match=r"missing \(students.3d.*a second file in CAD.MOTION.WEIGHTS_3D$"):
+        load_checkpoint(XMOD(cfg), str(f2), cfg)
     # not an official motion file
     for other in ({"model": {"a": torch.zeros(1)}}, {"model_state_dict": {"a": torch.zeros(1)}}, [1, 2], "text"):
         assert find_layout(other) is None or find_layout(other).name not in ("diod", "xmod_2d", "xmod_3d")
+
+
+def _model_state(cfg):
+    return {"DIOD": DIOD, "XMOD": XMOD}.get(cfg.MODEL.META_ARCHITECTURE, DIOD)(cfg).state_dict()
 
 
 def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, caplog):
@@ -315,10 +324,11 @@ def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, capl
     sd = random_official_state(official_shapes(DIM, SLOTS, SIZE), 10)
     path = official_file(sd, tmp_path / "DIODPD_500.ckpt")
     cfg = official_cfg(size=(20, 32))
-    with pytest.raises(ValueError, match=r"24 positions, CAD.MOTION.INPUT_SIZE \(20, 32\) gives 40; set CAD.MOTION.RESET_RESOLUTION_TIED"):
+    with pytest.raises(CheckpointError, match=r"4 tensors tied to the input size have another shape \(students.2d.norm.weight "
+                                              r"\(24, 16\) in the file vs \(40, 16\), .*set CAD.MOTION.RESET_RESOLUTION_TIED True"):
         load_official(cfg, path)
     cfg.CAD.MOTION.RESET_RESOLUTION_TIED = True
-    with caplog.at_level(logging.WARNING, logger="cad.modeling.motion.checkpoint_layouts"):
+    with caplog.at_level(logging.WARNING, logger="cad.checkpoint.loader"):
         _, model = load_official(cfg, path)
     assert any("partial initialisation" in r.message and "norm.weight" in r.message for r in caplog.records)
     net = model.students["2d"]

@@ -44,20 +44,17 @@ def main() -> int:
     overrides += rest  # KEY VALUE pairs after the other options
 
     import cad  # noqa: F401  (registers models and splits)
-    from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
-    from cad.data.mapper import CorruptImageError
-    from cad.data.paths import DatasetMissingError
     from cad.engine.demo import run_demo
-    from cad.engine.setup import ConfigError, build_cfg, check_weights
+    from cad.engine.setup import build_cfg, check_weights
+    from cad.errors import UserError, report
 
     try:
         cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=overrides + list(args.opts),
                                            train_dataset="", test_dataset=""))
         check_weights(cfg.MODEL.WEIGHTS)
         summary = run_demo(cfg, inputs, args.output, args.confidence_threshold)
-    except (ConfigError, DatasetMissingError, CorruptImageError, WeightsNotFoundError, CheckpointLayoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     written = f"wrote {len(summary.pngs)} PNGs" + (f" and {summary.results}" if summary.results else "")
     print(f"{written} to {args.output}; {len(summary.skipped)} unreadable inputs skipped"
           + (f": {', '.join(summary.skipped)}" if summary.skipped else ""))

@@ -13,7 +13,8 @@ import argparse
 import logging
 import sys
 
-from cad.data.self_training import SelfTrainingError, write_self_training_json
+from cad.data.self_training import write_self_training_json
+from cad.errors import UserError, report
 
 
 def main() -> int:
@@ -35,9 +36,8 @@ def main() -> int:
             args.detectron2_out_dir, args.coco_ann_path, args.save_path_prefix, args.threshold,
             args.keep_previous, args.min_box_size, args.images,
         )
-    except SelfTrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     print(path)
     return 0
 

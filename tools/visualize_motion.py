@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from cad.engine.setup import ConfigError, build_cfg, check_weights
+from cad.engine.setup import build_cfg, check_weights
+from cad.errors import UserError, report
 
 
 def main() -> int:
@@ -25,12 +26,15 @@ def main() -> int:
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args()
     try:
-        cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, train_dataset="", test_dataset=args.dataset))
-        if not args.baselines:
-            check_weights(args.weights or cfg.MODEL.WEIGHTS, required=True)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run(args)
+    except UserError as e:  # bad config, dataset, weights (unreadable, non-matching, network)
+        return report(e)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_cfg(argparse.Namespace(config_file=args.config_file, opts=args.opts, train_dataset="", test_dataset=args.dataset))
+    if not args.baselines:
+        check_weights(args.weights or cfg.MODEL.WEIGHTS, required=True)
     dataset = cfg.DATASETS.TEST[0]
     from cad.utils.visualize_motion import evaluate_baselines, predict_clips, write_strips
 
@@ -39,15 +43,10 @@ def main() -> int:
         return 0
     from cad.engine.predict import build_loaded_model
 
-    try:
-        model = build_loaded_model(cfg, args.weights)
-    except ConfigError as e:  # includes CheckpointError: unreadable or non-matching weights
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = build_loaded_model(cfg, args.weights)
     for path in write_strips(predict_clips(model, cfg, dataset, args.num_clips), args.out):
         print(path)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,8 @@ patch tokens, nearest-resize the token map to (H // s, W // s) for s = 4, 8, 16,
 conv of that level. The official backbone reports `size_divisibility` 14; Mask2Former pads to
 MODEL.MASK_FORMER.SIZE_DIVISIBILITY (32) anyway.
 
-Weights of the ViT: CAD.VIT.WEIGHTS ("" = the torch.hub checkpoint cache, a path, or "random" when
+Weights of the ViT: CAD.VIT.WEIGHTS ("" = the official file, downloaded once into the torch.hub
+checkpoint cache as the official code's `torch.hub.load` does; a path or a URL; or "random" when
 a full Guided Distillation checkpoint in MODEL.WEIGHTS replaces them); CAD.VIT.DEPTH/EMBED_DIM/
 NUM_HEADS make small models for tests. CAD.VIT.ARCH is not read: the backbone name fixes it.
 """

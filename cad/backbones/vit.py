@@ -6,21 +6,18 @@ the position embedding is interpolated (bicubic, no antialiasing, as the officia
 exact patch grid of any input whose sides are multiples of the patch size; images are never
 resized to the pre-training size.
 
-Weights (`build_vit(arch, weights)`):
+Weights (`build_vit(arch, weights)`), read through `cad.checkpoint` (docs/weights.md):
 
-- `weights` a path: that file, loaded strictly;
-- `weights=None`: the torch.hub checkpoint cache, `$TORCH_HOME/hub/checkpoints/<official name>`
-  (where `torch.hub.load_state_dict_from_url` puts the official download); if it is not there,
-  one `WeightsNotFoundError` names the file, its official URL and the folder to put it in;
+- `weights` a path or an http(s):// URL: that file, loaded strictly;
+- `weights` None or "": the official file of `arch` (`ViTSpec.url`), downloaded once into the
+  torch.hub checkpoint cache, `$TORCH_HOME/hub/checkpoints/<official name>`, as
+  `torch.hub.load_state_dict_from_url` does in the official code (offline: `CAD_OFFLINE=1`);
 - `weights="random"`: random initialisation (tests, benchmarks), nothing is read.
 
-Official key layouts: DINO files hold timm's keys as they are (`cls_token`, `pos_embed`,
-`patch_embed.proj.*`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`, `norm.*`);
-DINO "full" checkpoints (`teacher` dict, `module.backbone.` prefix) are accepted too. DINOv2 files
-add `mask_token` and `blocks.N.ls{1,2}.gamma`; with registers they hold `register_tokens` and a
-`pos_embed` whose first entry belongs to the CLS token, converted as timm does (the CLS position
-folded into `cls_token`, registers without position). Loading is strict: a missing, unexpected
-or wrongly shaped key raises `CheckpointLayoutError` naming the keys.
+Official key layouts (`cad.checkpoint.layouts.dino`): DINO files hold timm's keys as they are;
+DINO full training checkpoints (`teacher`, `args`) are accepted; DINOv2 files add `mask_token`
+and LayerScale, with registers `register_tokens`. Loading is strict: a file of another family, a
+missing, unexpected or wrongly shaped key is one `CheckpointError` naming it.
 """
 import math
 import os
@@ -33,6 +30,11 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from cad.checkpoint.errors import CheckpointError, WeightsNotFoundError
+from cad.checkpoint.loader import load_layout_weights
+from cad.checkpoint.sources import weights_file
+from cad.config import ConfigError
 
 __all__ = [
     "VIT_ARCHS",
@@ -64,6 +66,11 @@ class ViTSpec:
     @property
     def file_name(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def layout(self) -> str:
+        """The `cad.checkpoint` layout of the official file: "dino", "dinov2" or "dinov2_reg"."""
+        return "dino" if self.family == "dino" else "dinov2_reg" if self.reg_tokens else "dinov2"
 
     @property
     def img_size(self) -> int:
@@ -152,17 +159,13 @@ def hub_resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], num_p
     return torch.cat((prefix, patch), dim=1)
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """The checkpoint of an architecture is neither given nor in the torch.hub cache."""
-
-
-class CheckpointLayoutError(RuntimeError):
-    """A checkpoint file whose keys or shapes do not match the architecture."""
+# The former name of the error of a checkpoint that does not fit its architecture.
+CheckpointLayoutError = CheckpointError
 
 
 def get_spec(arch: str) -> ViTSpec:
     if arch not in VIT_ARCHS:
-        raise ValueError(f"unknown ViT architecture '{arch}'; known: {', '.join(VIT_ARCHS)}")
+        raise ConfigError(f"unknown ViT architecture '{arch}'; known: {', '.join(VIT_ARCHS)}")
     return VIT_ARCHS[arch]
 
 
@@ -195,54 +198,10 @@ def create_vit(arch: str, **overrides) -> DinoVisionTransformer:
     return model.eval()
 
 
-def _hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Path:
-    """The checkpoint file of `arch`: `weights` if given, else the torch.hub cache (see module doc)."""
-    spec = get_spec(arch)
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file '{path}' for {arch} does not exist")
-        return path
-    cached = _hub_checkpoint_dir() / spec.file_name
-    if cached.is_file():
-        return cached
-    raise WeightsNotFoundError(
-        f"no weights for {arch}: '{spec.file_name}' is not in the torch.hub cache; download {spec.url} "
-        f"into '{cached.parent}' ($TORCH_HOME/hub/checkpoints) or pass the file explicitly "
-        f"(--weights / CAD.VIT.WEIGHTS)"
-    )
-
-
-def _unwrap(state: Dict) -> Dict[str, torch.Tensor]:
-    """The backbone state dict of an official file (plain, or a DINO full checkpoint)."""
-    if "teacher" in state:  # DINO training checkpoint: keep the teacher backbone, drop the head
-        state = {k.replace("module.", "", 1): v for k, v in state["teacher"].items()}
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return dict(state)
-
-
-def _from_official(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, torch.Tensor]:
-    """Official key layout -> timm's (the conversion timm applies to DINOv2 files)."""
-    has_mask_token = "mask_token" in state
-    if spec.family == "dino" and has_mask_token:
-        raise CheckpointLayoutError("found 'mask_token': this is a DINOv2 checkpoint, not a DINO one")
-    if spec.family == "dinov2" and not has_mask_token:
-        raise CheckpointLayoutError("no 'mask_token': this is not a DINOv2 checkpoint (DINO layout?)")
-    state = dict(state)
-    if spec.family == "dinov2":
-        state.pop("mask_token")
-        if spec.reg_tokens:
-            if "register_tokens" not in state:
-                raise CheckpointLayoutError("no 'register_tokens': a DINOv2 checkpoint without registers")
-            pos = state.pop("pos_embed")
-            state["reg_token"] = state.pop("register_tokens")
-            state["cls_token"] = state.pop("cls_token") + pos[:, :1]
-            state["pos_embed"] = pos[:, 1:]
-    return state
+def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> str:
+    """The local checkpoint file of `arch`: `weights` (a path or a URL, downloaded once), else the
+    official file (see module doc). Raises `CheckpointError` (one line)."""
+    return weights_file(None if weights is None else str(weights), get_spec(arch).url, torch_hub=True, option=arch)
 
 
 def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, torch.Tensor]:
@@ -261,34 +220,12 @@ def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, tor
     return state
 
 
-def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[str, Path]) -> None:
-    """Load an official checkpoint file into `model` strictly; clear errors on any mismatch."""
+def load_official_checkpoint(model: VisionTransformer, arch: str, weights: Optional[Union[str, Path]] = None) -> None:
+    """Load the checkpoint of `arch` (`weights`: a path, a URL or None for the official file) into
+    `model` strictly, through `cad.checkpoint`; one `CheckpointError` on any mismatch."""
     spec = get_spec(arch)
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / not a torch file; torch's own message spans many lines
-        raise CheckpointLayoutError(
-            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({type(exc).__name__})"
-        ) from exc
-    if not isinstance(raw, dict):
-        raise CheckpointLayoutError(f"checkpoint '{path}' for {arch} is not a state dict")
-    try:
-        state = _from_official(_unwrap(raw), spec)
-    except CheckpointLayoutError as exc:
-        raise CheckpointLayoutError(f"checkpoint '{path}' for {arch}: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointLayoutError(
-            f"checkpoint '{path}' does not match {arch} ({spec.family} layout): "
-            f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointLayoutError(f"checkpoint '{path}' does not match {arch}: wrong shapes {wrong[:8]}")
-    model.load_state_dict(state, strict=True)
+    source = None if weights is None else str(weights)
+    load_layout_weights(model, source, spec.layout, official_url=spec.url, torch_hub=True, option=arch, target=arch)
 
 
 def build_vit(
@@ -299,13 +236,13 @@ def build_vit(
 ) -> nn.Module:
     """A DINO/DINOv2 ViT in eval mode on `device`.
 
-    `weights`: a checkpoint path, None (torch.hub cache, else `WeightsNotFoundError`) or "random"
-    (random init, no file). `overrides` change the architecture (e.g. `depth=2, embed_dim=48,
+    `weights`: a checkpoint path or URL, None or "" (the official file, downloaded once into the
+    torch.hub cache) or "random" (random init, no file). `overrides` change the architecture (e.g. `depth=2, embed_dim=48,
     num_heads=2` for the small checkpoints written by `save_random_checkpoint`).
     """
     model = create_vit(arch, **overrides)
     if weights != "random":
-        load_official_checkpoint(model, arch, resolve_weights(arch, weights))
+        load_official_checkpoint(model, arch, weights or None)
     return model.to(device).eval()
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from cad.data.coco import register_class_agnostic_coco
 from cad.discovery.export import image_entry
 from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, image_size, list_image_dir
+from cad.errors import UserError
 from cad.utils.io import InputFileError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ SELF_TRAINING_SPLITS = {
 }
 
 
-class SelfTrainingError(ValueError):
+class SelfTrainingError(UserError, ValueError):
     """Predictions or annotation file that cannot be turned into a self-training JSON."""
 
 

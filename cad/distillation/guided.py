@@ -9,7 +9,7 @@ student the strong (photometric) view; unlabeled losses are weighted by
 SSL.UNLABELED_LOSS_WEIGHT. Checkpoints hold `modelTeacher.*` and `modelStudent.*` (the official
 `EnsembleTSModel` names, GuidedDistillation modules/ensemble.py), so --resume restores both, the
 optimiser, the scheduler and the iteration, and the files interchange with the official ones
-(see `cad.distillation.gd_checkpoints`).
+(see `cad.checkpoint.layouts.guided_distillation`).
 """
 import logging
 import time
@@ -198,10 +198,7 @@ def load_teacher(teacher: nn.Module, cfg) -> None:
     (`modelTeacher.*`) of a Guided Distillation stage-1 or stage-2 file. (The official trainer
     loads TEACHER_CKPT into its whole `EnsembleTSModel`, modules/defaults.py, so a plain file
     would fill nothing there.)"""
-    teacher_cfg = cfg.clone()
-    teacher_cfg.defrost()
-    teacher_cfg.SSL.EVAL_WHO = "TEACHER"
-    load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, teacher_cfg)
+    load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, cfg, member="teacher")
 
 
 @TRAINER_REGISTRY.register()
@@ -256,7 +253,7 @@ class GuidedDistillationTrainer(CadTrainer):
         ensemble = self.checkpointer.model
         load_teacher(ensemble.modelTeacher, self.cfg)
         logger.info("Loaded the teacher from %s", self.cfg.SSL.TEACHER_CKPT)
-        # The student starts from MODEL.WEIGHTS: a backbone initialisation (ImageNet R-50.pkl) or a full checkpoint.
-        if self.cfg.MODEL.WEIGHTS:
-            load_checkpoint(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
+        # The student starts from MODEL.WEIGHTS: a backbone initialisation (ImageNet R-50.pkl), a full
+        # checkpoint, or "" (random initialisation, with the loader's warning).
+        load_checkpoint(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
         self.start_iter = 0

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import cv2
 from iopath.common.file_io import file_lock
 
+from cad.errors import UserError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
@@ -53,7 +55,7 @@ def write_once(path: Path, write: Callable[[], None]) -> Path:
     return path
 
 
-class InputFileError(ValueError):
+class InputFileError(UserError, ValueError):
     """An input file that is missing, unreadable or not what it should be (one line for the user)."""
 
 

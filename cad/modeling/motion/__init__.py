@@ -1,7 +1,6 @@
-"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`) and the
-official checkpoint layouts `diod`, `xmod_2d`, `xmod_3d` (registered with cad.checkpoint)."""
-from cad.modeling.motion import checkpoint_layouts
+"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`); their
+official checkpoint layouts are `cad.checkpoint.layouts.motion`."""
 from cad.modeling.motion.meta_arch import DIOD, XMOD
 from cad.modeling.motion.networks import SlotAttention, SlotVideoNet
 
-__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet", "checkpoint_layouts"]
+__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet"]

@@ -1,0 +1,143 @@
+"""Official DIOD / xMOD checkpoint files in the names of cad's `DIOD` / `XMOD` meta-architectures.
+
+DIOD (trainPD_ts.py / trainKITTI_ts.py) saves `torch.save({'model_state_dict':
+nn.DataParallel(model).state_dict()})`: the student `SlotAttentionAutoEncoder` only, 170 tensors
+prefixed `module.` (on CUDA `slots_mu` / `slots_sigma` are not registered: `nn.Parameter(...)
+.to(device)` returns a plain tensor). xMOD (train/utils.save_checkpoint) saves one file per
+modality, `{'epoch': e, 'model_state_dict': ...}` (epoch_*_2d.ckpt: the same network as DIOD;
+epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
+
+- ``diod``:    DIOD's file (3 input channels, no 'epoch');
+- ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch');
+- ``xmod_3d``: xMOD's 3D file (4 input channels): the `companion` of the other two, read from
+  CAD.MOTION.WEIGHTS_3D when the model is an XMOD (xMOD's trainer takes checkpoint_path_2d and
+  checkpoint_path_3d the same way, train/trainer._load_teacher_checkpoints); not a MODEL.WEIGHTS.
+
+Each network's weights go to both the student and the EMA teacher (`students.<m>.*`,
+`teachers.<m>.*`: DIOD's TS run and xMOD's `_load_teacher_checkpoints` load both from the same
+file), and `distilling` is False (cad's trainer starts distillation at CAD.MOTION.TEACHER_START_ITER
+by copying the student, i.e. the same weights). The files need the official network (`requires`:
+DIOD's joint token LayerNorm, q/k/v biases, BatchNorm encoder, and BGR input — strict loading
+cannot see a colour-order mismatch) and its LayerNorm over [h*w, D] is tied to the input size
+(`resolution_tied`: CAD.MOTION.RESET_RESOLUTION_TIED starts it anew, as DIOD's KITTI run does).
+"""
+import re
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+
+from cad.checkpoint.layouts import Layout, StateDict, register_layout
+
+# official name (without `module.`) -> cad name inside one `SlotVideoNet`
+_RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
+    (r"encoder_cnn\.resnet\.conv1\.(.+)", lambda m: f"encoder.stem.0.{m[1]}"),
+    (r"encoder_cnn\.resnet\.bn1\.(.+)", lambda m: f"encoder.stem.1.{m[1]}"),
+    (r"encoder_cnn\.resnet\.layer([1-4])\.(.+)", lambda m: f"encoder.layers.{int(m[1]) - 1}.{m[2]}"),
+    (r"encoder_cnn\.convGRU\.cell_list\.(\d+)\.conv_gates\.(.+)", lambda m: f"gru.gates.{m[1]}.{m[2]}"),
+    (r"encoder_cnn\.convGRU\.cell_list\.(\d+)\.conv_can\.(.+)", lambda m: f"gru.cands.{m[1]}.{m[2]}"),
+    (r"encoder_cnn\.encoder_pos\.embedding\.(.+)", lambda m: f"pos.{m[1]}"),
+    (r"decoder\.conv([1-6])\.(.+)", lambda m: f"decoder.net.{2 * (int(m[1]) - 1)}.{m[2]}"),
+    (r"fc1\.(.+)", lambda m: f"mlp.0.{m[1]}"),
+    (r"fc2\.(.+)", lambda m: f"mlp.2.{m[1]}"),
+    (r"LN\.(.+)", lambda m: f"norm.{m[1]}"),
+    (r"slot_attention\.fc1\.(.+)", lambda m: f"slot_attention.mlp.0.{m[1]}"),
+    (r"slot_attention\.fc2\.(.+)", lambda m: f"slot_attention.mlp.2.{m[1]}"),
+    (r"slot_attention\.norm_input\.(.+)", lambda m: f"slot_attention.norm_inputs.{m[1]}"),
+    (r"slot_attention\.norm_pre_ff\.(.+)", lambda m: f"slot_attention.norm_mlp.{m[1]}"),
+    (r"slot_attention\.((?:to_[qkv]|gru|norm_slots)\..+|slots)", lambda m: f"slot_attention.{m[1]}"),
+]
+_GRID = "encoder_cnn.encoder_pos.grid"
+# registered only when the official model is built on the CPU; its forward never reads them
+_UNUSED = ("slot_attention.slots_mu", "slot_attention.slots_sigma")
+_CONV1 = "encoder_cnn.resnet.conv1.weight"
+# The official network (DIOD models/model_bg.py) and its input (cv2 frames, never converted).
+OFFICIAL_NETWORK = (
+    ("CAD.MOTION.TOKEN_NORM", ("joint",)),
+    ("CAD.MOTION.QKV_BIAS", (True,)),
+    ("CAD.MOTION.ENCODER_NORM", ("BN",)),
+)
+BGR_INPUT = (("CAD.MOTION.INPUT_FORMAT", ("BGR",)),)
+# DIOD's LayerNorm over [h*w, D] (`norm.*` in each network) has the feature map's size.
+RESOLUTION_TIED = ("CAD.MOTION.RESET_RESOLUTION_TIED", r"(students|teachers)\.(2d|3d)\.norm\.(weight|bias)")
+
+
+def official_state(obj: Any) -> Optional[StateDict]:
+    """The network state dict of an official DIOD/xMOD file object without `module.`, or None."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("model_state_dict"), dict):
+        return None
+    sd = obj["model_state_dict"]
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if not isinstance(sd.get(_CONV1), torch.Tensor) or sd[_CONV1].dim() != 4:
+        return None
+    return sd
+
+
+def _in_channels(obj: Any) -> int:
+    sd = official_state(obj)
+    return -1 if sd is None else int(sd[_CONV1].shape[1])
+
+
+def official_to_cad(sd: StateDict) -> StateDict:
+    """Rename one official `SlotAttentionAutoEncoder` state dict (no `module.`) to cad's
+    `SlotVideoNet` names. The position-grid buffer is checked against `position_grid` and dropped
+    (cad computes it); unknown keys raise ValueError."""
+    from cad.modeling.motion.networks import position_grid
+
+    out = {}
+    for key, value in sd.items():
+        if key in _UNUSED:
+            continue
+        if key == _GRID:
+            _, h, w, _ = value.shape
+            if not torch.allclose(value.float().reshape(h * w, 4), position_grid(h, w), atol=1e-6):
+                raise ValueError(f"'{_GRID}' is not the linspace(0, 1) position grid of a {h}x{w} feature map")
+            continue
+        for pattern, rename in _RENAMES:
+            m = re.fullmatch(pattern, key)
+            if m:
+                out[rename(m)] = value
+                break
+        else:
+            raise ValueError(f"unexpected key '{key}' in an official DIOD/xMOD checkpoint")
+    return out
+
+
+def _student_and_teacher(modality: str, obj: Any) -> StateDict:
+    net = official_to_cad(official_state(obj))
+    out = {f"students.{modality}.{k}": v for k, v in net.items()}
+    out.update({f"teachers.{modality}.{k}": v.clone() for k, v in net.items()})
+    return out
+
+
+def rgb_to_cad(obj: Any) -> StateDict:
+    """A 3-channel official file (DIOD, xMOD 2D) -> cad's 2D student and teacher, not distilling."""
+    return {**_student_and_teacher("2d", obj), "distilling": torch.zeros((), dtype=torch.bool)}
+
+
+def range_to_cad(obj: Any) -> StateDict:
+    """xMOD's 4-channel 3D file -> cad's 3D student and teacher."""
+    return _student_and_teacher("3d", obj)
+
+
+_RGB = dict(
+    to_cad=rgb_to_cad,
+    requires=OFFICIAL_NETWORK + BGR_INPUT + (("MODEL.META_ARCHITECTURE", ("DIOD", "XMOD")),),
+    companion=("CAD.MOTION.WEIGHTS_3D", "xmod_3d"),
+    resolution_tied=RESOLUTION_TIED,
+)
+DIOD_LAYOUT = register_layout(Layout(
+    "diod", lambda o: _in_channels(o) == 3 and "epoch" not in o,
+    description="DIOD trainPD_ts.py / trainKITTI_ts.py {'model_state_dict': DataParallel state dict} (student only)", **_RGB,
+))
+XMOD_2D_LAYOUT = register_layout(Layout(
+    "xmod_2d", lambda o: _in_channels(o) == 3 and "epoch" in o,
+    description="xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)", **_RGB,
+))
+XMOD_3D_LAYOUT = register_layout(Layout(
+    "xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
+    "xMOD epoch_*_3d.ckpt (4-channel range network)",
+    requires=OFFICIAL_NETWORK + (("MODEL.META_ARCHITECTURE", ("XMOD",)),),
+    use_as="CAD.MOTION.WEIGHTS_3D, with the 2D file (DIOD's or xMOD's epoch_*_2d.ckpt) as MODEL.WEIGHTS and MODEL.META_ARCHITECTURE XMOD",
+    resolution_tied=RESOLUTION_TIED,
+))
