@@ -217,10 +217,12 @@ def test_build_loaded_model_equals_saved(tiny):
     _assert_same_state(model, loaded)
 
 
-def test_train_net_eval_only_text_file_is_one_line(tmp_path):
+@pytest.mark.parametrize("num_gpus", ["1", "2"])
+def test_train_net_eval_only_text_file_is_one_line(tmp_path, num_gpus):
+    """Also when the error is raised in the worker processes of --num-gpus 2 (no worker traceback)."""
     weights = tmp_path / "weights.pth"
     weights.write_text("not a checkpoint\n")
-    proc = run_tool("train_net.py", "--config-file", str(TINY_CONFIG), "--eval-only", *TINY_OPTS,
+    proc = run_tool("train_net.py", "--config-file", str(TINY_CONFIG), "--eval-only", "--num-gpus", num_gpus, *TINY_OPTS,
                     "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]

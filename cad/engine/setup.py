@@ -133,7 +133,7 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
     """Raise `ConfigError` when the checkpoint `path` (MODEL.WEIGHTS) is a local file that does not
     exist, unless `resume` finds a checkpoint in `output_dir` (which then replaces it).
 
-    Remote paths (`scheme://`) are left to Detectron2's PathManager. "" means random
+    URLs (`scheme://`) are downloaded by the loader (`cad.checkpoint.sources`). "" means random
     initialisation, an error when `required`. With `resume`, the checkpoint that
     `output_dir/last_checkpoint` names must exist and be a complete PyTorch zip archive (what
     cad's trainers save; a file cut short by a crash or a full disk is not one).

@@ -10,7 +10,7 @@ attention-weighted slot map.
 
 With `token_norm="joint"`, `qkv_bias=True`, `final_kernel=0` and BatchNorm this computes what the
 official network computes, and an official state dict loads one to one after the key renaming of
-`cad.modeling.motion.checkpoint_layouts`. The alternatives (per-token LayerNorm, bias-free
+`cad.checkpoint.layouts.motion`. The alternatives (per-token LayerNorm, bias-free
 projections, GroupNorm, a fixed 3x3 last decoder kernel, cad's earlier initialisation) are the
 options of earlier cad versions, kept for the synthetic configs.
 """
