@@ -96,6 +96,13 @@ def launch(
     worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout, user_errors)
     context = mp.start_processes(_worker, nprocs=num_gpus_per_machine, args=worker_args, daemon=False,
                                  start_method="spawn", join=False)
+    # torch logs "Terminating process N" when it stops the other workers; after a user error that
+    # is expected, and the user sees the error's one line only.
+    def quiet(record: logging.LogRecord) -> bool:
+        return user_errors.empty()
+
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_logger.addFilter(quiet)
     try:
         while not context.join():
             pass
@@ -108,6 +115,8 @@ def launch(
         if not user_errors.empty():
             raise WorkerError(user_errors.get()) from None
         raise
+    finally:
+        spawn_logger.removeFilter(quiet)
 
 
 def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout, user_errors=None):
