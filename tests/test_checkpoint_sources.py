@@ -163,6 +163,9 @@ def test_dino_full_checkpoint_with_argparse_namespace(tmp_path):
     assert read_weights(str(tmp_path / "checkpoint.pth"))["args"].arch == "vit_small"  # weights_only, Namespace allowed
     model = build_vit("dino_vits16", tmp_path / "checkpoint.pth", **TINY_VIT)
     torch.testing.assert_close(model.state_dict(), random_vit("dino_vits16", seed=2, **TINY_VIT).state_dict())
+    cfg = _cfg(TINY_CONFIG)  # not a detector's MODEL.WEIGHTS: the line names the options that take it
+    with pytest.raises(CheckpointError, match=r"is a DINO ViT file, not a model checkpoint: give it as CAD.VIT.WEIGHTS"):
+        load_checkpoint(_model(cfg), str(tmp_path / "checkpoint.pth"), cfg)
 
 
 def test_files_pickling_code_are_refused_unless_trusted(tmp_path, monkeypatch):
