@@ -26,6 +26,7 @@ Network failures (HTTP error, refused connection, timeout, a download cut short)
 Offline mode: with the environment variable `CAD_OFFLINE=1` nothing is downloaded; a file that is
 not in the cache is one line naming the URL and the cache path to put it in by hand.
 """
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import file_lock, get_cache_dir
 from tqdm import tqdm
 
@@ -86,9 +88,7 @@ def cache_path(url: str, torch_hub: bool = False) -> Path:
 def _reason(e: BaseException) -> str:
     if isinstance(e, urllib.error.HTTPError):
         return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, (socket.timeout, TimeoutError)):
-        return f"no answer within {TIMEOUT_S:g} s"
-    reason = getattr(e, "reason", e)
+    reason = getattr(e, "reason", e)  # URLError wraps the socket's error
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return f"no answer within {TIMEOUT_S:g} s"
     if isinstance(reason, OSError) and reason.strerror:
@@ -99,8 +99,11 @@ def _reason(e: BaseException) -> str:
 def download(url: str, dst: Path) -> Path:
     """Download `url` to `dst` atomically (temporary file in the same folder, then rename), with a
     progress bar; raises `DownloadError` (no file left behind) on any network failure."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+    except OSError as e:
+        raise DownloadError(f"cannot download {url}: cannot write to '{dst.parent}' ({e.strerror})") from None
     logger.info("Downloading %s to %s", url, dst)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
@@ -138,9 +141,13 @@ def _cached(url: str, torch_hub: bool, label: str) -> Path:
             f"{OFFLINE_ENV} is set (offline) and {url}{label} is not in the cache: download it by hand to '{path}'"
         )
     lock = os.path.join(tempfile.gettempdir(), "cad-downloads", hashlib.sha1(str(path).encode()).hexdigest())
-    with file_lock(lock):  # other processes of this machine wait for this download
-        if not path.is_file():
-            download(url, path)
+    try:
+        with file_lock(lock):  # other processes of this machine wait for this download
+            if not path.is_file():
+                download(url, path)
+    finally:  # the atomic rename keeps a later race harmless: at worst two downloads of one file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock + ".lock")
     return path
 
 
@@ -160,8 +167,6 @@ def weights_file(source: Optional[str], official_url: str = "", *, torch_hub: bo
     if url is not None:
         return str(_cached(url, torch_hub, label))
     if is_url(source):
-        from detectron2.utils.file_io import PathManager
-
         local = PathManager.get_local_path(source)
         if not os.path.isfile(local):
             raise WeightsNotFoundError(f"weights '{source}'{label}: no file there (a path, http(s):// or {DETECTRON2_PREFIX})")
