@@ -53,7 +53,7 @@ __all__ = [
 class ViTSpec:
     """Architecture of one official model and where its checkpoint comes from."""
 
-    family: str  # "dino" or "dinov2"
+    family: str  # "dino", "dinov2" or "deit"
     patch_size: int
     embed_dim: int
     depth: int
@@ -67,12 +67,13 @@ class ViTSpec:
 
     @property
     def img_size(self) -> int:
-        """Pre-training size: the grid of the checkpoint's `pos_embed` (DINO 224, DINOv2 518)."""
-        return 224 if self.family == "dino" else 518
+        """Pre-training size: the grid of the checkpoint's `pos_embed` (DINO 224, DINOv2 518, DeiT-384 384)."""
+        return {"dino": 224, "dinov2": 518, "deit": 384}[self.family]
 
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+_DEIT = "https://dl.fbaipublicfiles.com/deit"
 
 VIT_ARCHS: Dict[str, ViTSpec] = {
     "dino_vits16": ViTSpec("dino", 16, 384, 12, 6, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
@@ -85,6 +86,8 @@ VIT_ARCHS: Dict[str, ViTSpec] = {
     "dinov2_vits14_reg": ViTSpec("dinov2", 14, 384, 12, 6, f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth", 4),
     "dinov2_vitb14_reg": ViTSpec("dinov2", 14, 768, 12, 12, f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", 4),
     "dinov2_vitl14_reg": ViTSpec("dinov2", 14, 1024, 24, 16, f"{_DINOV2}/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth", 4),
+    # facebookresearch/deit hubconf `deit_base_patch16_384` (Guided Distillation's DeiTBaseBackbone).
+    "deit_base_patch16_384": ViTSpec("deit", 16, 768, 12, 12, f"{_DEIT}/deit_base_patch16_384-8de9b5d1.pth"),
 }
 
 
@@ -103,6 +106,9 @@ class DinoVisionTransformer(VisionTransformer):
     # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
     # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
     interpolate_offset: Optional[float] = None
+    # Mode of the exact-grid resampling (interpolate_offset None): "bicubic" (DINO, DINOv2) or
+    # "bilinear" (Guided Distillation's DeiT backbone, `interpolate_pos_encoding` in its deit.py).
+    pos_embed_interpolation: str = "bicubic"
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens with positions added."""
@@ -116,6 +122,7 @@ class DinoVisionTransformer(VisionTransformer):
                 new_size=(height, width),
                 old_size=self.patch_embed.grid_size,
                 num_prefix_tokens=num_prefix,
+                interpolation=self.pos_embed_interpolation,
                 antialias=False,
             )
         else:
@@ -218,7 +225,10 @@ def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Pa
 
 
 def _unwrap(state: Dict) -> Dict[str, torch.Tensor]:
-    """The backbone state dict of an official file (plain, or a DINO full checkpoint)."""
+    """The backbone state dict of an official file (plain, a DINO full checkpoint, or DeiT's
+    `{"model": state_dict}`)."""
+    if isinstance(state.get("model"), dict):  # DeiT release
+        state = state["model"]
     if "teacher" in state:  # DINO training checkpoint: keep the teacher backbone, drop the head
         state = {k.replace("module.", "", 1): v for k, v in state["teacher"].items()}
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -228,11 +238,17 @@ def _unwrap(state: Dict) -> Dict[str, torch.Tensor]:
 def _from_official(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, torch.Tensor]:
     """Official key layout -> timm's (the conversion timm applies to DINOv2 files)."""
     has_mask_token = "mask_token" in state
-    if spec.family == "dino" and has_mask_token:
-        raise CheckpointLayoutError("found 'mask_token': this is a DINOv2 checkpoint, not a DINO one")
+    if spec.family != "dinov2" and has_mask_token:
+        raise CheckpointLayoutError(f"found 'mask_token': this is a DINOv2 checkpoint, not a {spec.family.upper()} one")
     if spec.family == "dinov2" and not has_mask_token:
         raise CheckpointLayoutError("no 'mask_token': this is not a DINOv2 checkpoint (DINO layout?)")
     state = dict(state)
+    if spec.family == "deit":
+        # The ImageNet classifier, which Guided Distillation's DeiTBaseBackbone deletes after loading.
+        for key in ("head.weight", "head.bias"):
+            if key not in state:
+                raise CheckpointLayoutError(f"no '{key}': not a DeiT classification checkpoint")
+            state.pop(key)
     if spec.family == "dinov2":
         state.pop("mask_token")
         if spec.reg_tokens:
