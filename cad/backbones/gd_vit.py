@@ -1,22 +1,30 @@
-"""Guided Distillation's ViT backbones: `DinoV2BaseBackbone`, `DinoV2LargeBackbone` and
-`DeiTBaseBackbone` (official GuidedDistillation `mask2former/modeling/backbone/{dinov2,deit}.py`).
+"""Guided Distillation's ViT backbones: `DinoV2BaseBackbone`, `DinoV2LargeBackbone`,
+`DeiTBaseBackbone`, `ViTBaseBackbone` and `ViTLargeBackbone` (official GuidedDistillation
+`mask2former/modeling/backbone/{dinov2,deit,vit}.py`).
 
-Same module and parameter names as the official ones, so its checkpoints load one to one:
+Module and parameter names are the official ones (DINOv2, DeiT: their checkpoints load one to one):
 
 - `model`: the ViT, here cad's timm ViT (`cad.backbones.vit`), whose names are those of the official
   models: the DINOv2 torch.hub ViT (`dinov2_vitb14` / `dinov2_vitl14`; its `mask_token` deleted)
   and the DeiT torch.hub model (`deit_base_patch16_384`, itself timm's `VisionTransformer`; its
-  classifier `head` deleted);
+  classifier `head` deleted); the ViT-B/L of pytorch_pretrained_vit (`ViT('B_16')`), whose
+  names differ (`transformer.blocks.N.attn.proj_q`, ...): its files are converted when read
+  (`cad.backbones.vit`) and the modules have timm's names (Guided Distillation checkpoints with
+  these backbones, none released, would need a conversion that cad does not have);
 - `convs.{0..3}`: 1x1 convs from the ViT width to 128/256/512/1024 channels (res2..res5).
 
 Forward (x (B, 3, H, W)): nearest-resize to a multiple of the patch size p (the official
 `get_divisible_size`: DINOv2 (H + p - H % p, W + p - W % p), which adds p when a side is already
-a multiple; DeiT (H - H % p, W - W % p)), take the final-norm patch tokens, nearest-resize the
+a multiple, as ViT-L; DeiT and ViT-B (H - H % p, W - W % p)), take the patch tokens of the last
+block (after the final norm, except for ViT-B/L whose norm went with the classifier), nearest-resize the
 token map to (H // s, W // s) for s = 4, 8, 16, 32, then the 1x1 conv of that level. Position
 embeddings follow each official model: DINOv2 the hub rule (bicubic, `interpolate_offset` 0.1,
 `cad.backbones.vit.hub_resample_pos_embed`); DeiT its `interpolate_pos_encoding` (bilinear from the
-24 x 24 grid to the token grid, no antialiasing). `size_divisibility` is the official one (14 for
-DINOv2, 16 for DeiT); Mask2Former pads to MODEL.MASK_FORMER.SIZE_DIVISIBILITY (32) anyway.
+24 x 24 grid to the token grid, no antialiasing); ViT-B/L a fixed 64 x 64 grid (built for 1024-pixel
+inputs), which the official code adds as it is (other inputs crash there) and cad resamples
+bilinearly with corners aligned, as pytorch_pretrained_vit resizes checkpoints. `size_divisibility`
+is the official one (14 for DINOv2 and ViT-B, 16 for DeiT and ViT-L); Mask2Former pads to
+MODEL.MASK_FORMER.SIZE_DIVISIBILITY (32) anyway.
 
 Weights of the ViT: CAD.VIT.WEIGHTS ("" = the torch.hub checkpoint cache, where the official
 `torch.hub.load` downloads them; a path; or "random" when a full Guided Distillation checkpoint in
@@ -109,3 +117,17 @@ def DeiTBaseBackbone(cfg, input_shape: ShapeSpec) -> Backbone:  # noqa: N802 (of
     vit = vit_from_cfg(cfg, "deit_base_patch16_384")
     vit.pos_embed_interpolation = "bilinear"
     return GDViTBackbone(vit, round_up=False, size_divisibility=16)
+
+
+@BACKBONE_REGISTRY.register()
+def ViTBaseBackbone(cfg, input_shape: ShapeSpec) -> Backbone:  # noqa: N802 (official registry name)
+    """Guided Distillation's ViT-B/16 backbone (vit.py: pytorch_pretrained_vit `ViT('B_16', image_size=1024)`,
+    classifier and final norm deleted, so the tokens of the last block are not normed; dropout 0.1)."""
+    return GDViTBackbone(vit_from_cfg(cfg, "B_16"), round_up=False, size_divisibility=14)
+
+
+@BACKBONE_REGISTRY.register()
+def ViTLargeBackbone(cfg, input_shape: ShapeSpec) -> Backbone:  # noqa: N802 (official registry name)
+    """Guided Distillation's ViT-L/16 backbone (vit.py `ViTLargeBackbone`, which cannot be built as
+    released: see docs/guided_distillation_backbones.md); DINOv2's size rule (rounds sides up)."""
+    return GDViTBackbone(vit_from_cfg(cfg, "L_16"), round_up=True, size_divisibility=16)

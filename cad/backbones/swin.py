@@ -19,7 +19,9 @@ where the official backbone has `layers.{i}.downsample` and one LayerNorm per ou
 Outputs "res2".."res5" (strides 4..32, channels EMBED_DIM * 1, 2, 4, 8), MODEL.SWIN.OUT_FEATURES
 of them; `size_divisibility` 32.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+import pickle
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,20 @@ from timm.models import swin_transformer as timm_swin
 from torch import nn
 from torch.utils import checkpoint
 
-__all__ = ["SwinTransformer", "SwinBackbone", "D2SwinTransformer", "shifted_window_mask"]
+from cad.utils.io import atomic_write_bytes
+
+__all__ = ["SwinTransformer", "SwinBackbone", "D2SwinTransformer", "shifted_window_mask", "convert_swin_checkpoint"]
+
+# The released ImageNet Swin files (github.com/SwinTransformer/storage v1.0.0) that the official
+# configs name, converted to `<name>.pkl`; the official README's download list.
+SWIN_RELEASE = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0"
+SWIN_FILES = (
+    "swin_tiny_patch4_window7_224.pth",
+    "swin_small_patch4_window7_224.pth",
+    "swin_base_patch4_window12_384.pth",
+    "swin_base_patch4_window12_384_22k.pth",
+    "swin_large_patch4_window12_384_22k.pth",
+)
 
 # The official attention-mask value between tokens of different shifted regions.
 _MASKED = -100.0
@@ -242,3 +257,24 @@ def D2SwinTransformer(cfg, input_shape: ShapeSpec) -> Backbone:  # noqa: N802 (o
         patch_norm=swin.PATCH_NORM,
         use_checkpoint=swin.USE_CHECKPOINT,
     )
+
+
+def convert_swin_checkpoint(src: Union[str, Path], dst: Union[str, Path]) -> int:
+    """Write the released ImageNet Swin file `src` (`{"model": state_dict}`) as the Detectron2 `.pkl`
+    of the official `tools/convert-pretrained-swin-model-to-d2.py`: `{"model": state_dict,
+    "__author__": "third_party", "matching_heuristics": True}`, a backbone-only initialisation
+    for MODEL.WEIGHTS (the classifier `head`, the final `norm` and the `attn_mask` buffers match
+    no backbone key and stay unused, as in the official loading). Returns the number of tensors.
+
+    Raises `cad.checkpoint.CheckpointError` when `src` cannot be read and ValueError when it is not
+    a Swin classification checkpoint.
+    """
+    from cad.checkpoint import read_weights
+
+    raw = read_weights(str(src))
+    state = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or "layers.0.blocks.0.attn.relative_position_bias_table" not in state:
+        raise ValueError(f"'{src}' is not a Swin classification checkpoint ({{'model': {{'layers.0.blocks.0.attn...': ...}}}})")
+    payload = {"model": state, "__author__": "third_party", "matching_heuristics": True}
+    atomic_write_bytes(Path(dst), pickle.dumps(payload))
+    return len(state)
