@@ -446,3 +446,21 @@ def test_weight_decay_groups_are_the_official_ones():
     decay = {id(g["params"][0]): g["weight_decay"] for g in mask2former_param_groups(cfg, wrapper)}
     assert decay[id(backbone.model.pos_embed)] == 0.05 and decay[id(backbone.model.cls_token)] == 0.05
     assert decay[id(backbone.model.norm.weight)] == 0.0
+
+
+def test_r101_torchvision_file_fills_every_backbone_tensor():
+    """The official R-101.pkl is torchvision's resnet101 converted (tools/README.md); cad's converter
+    gives every tensor of the R101 backbone its name and shape (fc and BN counters dropped)."""
+    import torchvision
+
+    from cad.modeling.torchvision_resnet import torchvision_to_detectron2
+
+    with torch.device("meta"):
+        torchvision_state = torchvision.models.resnet101().state_dict()
+    converted = {}
+    for key, value in torchvision_state.items():
+        for name in torchvision_to_detectron2({key: torch.zeros(1)}):
+            converted[name] = tuple(value.shape)
+    backbone = _meta_backbone(COCO / "maskformer2_R101_bs16_50ep.yaml")
+    assert converted == {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    assert len([k for k in converted if k.endswith("conv3.weight")]) == 3 + 4 + 23 + 3

@@ -5,12 +5,14 @@ as the official tools/convert-pretrained-swin-model-to-d2.py)."""
 import argparse
 import sys
 
-from cad.backbones.swin import convert_swin_checkpoint
+from cad.backbones.swin import SWIN_FILES, SWIN_RELEASE, convert_swin_checkpoint
 from cad.config import ConfigError
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog="The files of the official configs: " + " ".join(f"{SWIN_RELEASE}/{f}" for f in SWIN_FILES)
+    )
     parser.add_argument("src", help="released Swin .pth, e.g. swin_tiny_patch4_window7_224.pth")
     parser.add_argument("dst", help="output Detectron2 .pkl, e.g. swin_tiny_patch4_window7_224.pkl")
     args = parser.parse_args()

@@ -357,12 +357,14 @@ def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, tor
 
 def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[str, Path]) -> None:
     """Load an official checkpoint file into `model` strictly; clear errors on any mismatch."""
+    from cad.checkpoint.loader import CheckpointError, read_weights  # cad.checkpoint imports this module
+
     spec = get_spec(arch)
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / not a torch file; torch's own message spans many lines
+        raw = read_weights(str(path))
+    except CheckpointError as exc:  # corrupt / not a torch file
         raise CheckpointLayoutError(
-            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({type(exc).__name__})"
+            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({exc.__cause__.__class__.__name__})"
         ) from exc
     if not isinstance(raw, dict):
         raise CheckpointLayoutError(f"checkpoint '{path}' for {arch} is not a state dict")
