@@ -8,7 +8,8 @@ the same random weights, outside the repository):
 - names and shapes: tests/fixtures/guided_distillation/backbone_*_keys.txt, written from the official
   modules at full size (the cad backbones are built on the meta device here: no weights allocated);
 - outputs: `REFERENCE` holds summaries of the official backbones' outputs (small variants: Swin with
-  width 16, DeiT and DINOv2-L with one block) for the weights of `_seeded_weights` and a seeded input.
+  width 16, also with APE and in training mode with stochastic depth; DeiT and DINOv2-L with one
+  block) for the weights of `_seeded_weights` and a seeded input.
   At those and at full size the cad outputs were equal to the official ones to the last bit (Swin,
   DeiT, DINOv2-L) or to 6e-6 relative (ViT-B, whose un-normed tokens reach ~240).
 """
@@ -252,6 +253,20 @@ REFERENCE = {
         "res4": [-0.0310807, 0.2908795, 0.421667, -0.169916, 0.199199, 0.087541, 0.186486],
         "res5": [0.0168413, 0.263994, 0.425231, 0.287169, 0.024558, 0.212588, 0.032897],
     },
+    # Absolute position embedding (APE, 16 x 16 grid bicubic-resized to 24 x 32), input 96 x 128.
+    "swin_ape": {
+        "res2": [-0.0506521, 0.2205105, -0.286458, -0.059195, -0.043717, 0.231556, -0.14912],
+        "res3": [-0.05389, 0.2787918, -0.154262, -0.274156, 0.036048, 0.095028, 0.0026],
+        "res4": [0.0237385, 0.3325551, -0.050803, 0.481743, 0.133718, 0.151587, -0.215831],
+        "res5": [0.0145629, 0.2865399, -0.024596, -0.326788, -0.148832, 0.224891, 0.767687],
+    },
+    # Training mode, stochastic depth 0.3 (linear over the 8 blocks), torch.manual_seed(5) before the forward.
+    "swin_train": {
+        "res2": [0.0098537, 0.2717482, 0.167886, 0.037682, 0.590923, -0.021762, 0.128969],
+        "res3": [0.0050799, 0.2706669, -0.464464, -0.231863, 0.07881, -0.180167, -0.48632],
+        "res4": [-0.0233425, 0.2910026, 0.481791, -0.188179, 0.221289, 0.04325, 0.380359],
+        "res5": [0.0078626, 0.2767088, 0.453036, 0.191622, 0.211997, 0.205343, 0.018344],
+    },
     "deit": {
         "res2": [-0.1227352, 1.6919638, 0.011699, 1.220456, 0.109349, -3.390972, 1.829348],
         "res3": [-0.1400313, 1.5400415, 1.086956, 2.792948, -0.380347, 1.031416, -0.706653],
@@ -283,10 +298,14 @@ def _summary(outputs: Dict[str, torch.Tensor]) -> Dict[str, list]:
     return out
 
 
+_SMALL_SWIN = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=7)
+
+
 @pytest.mark.parametrize("name,make,size", [
     # Swin width 16, window 7 on a 96 x 160 input: every stage pads (24 x 40 -> 28 x 42, ..., 3 x 5 -> 7 x 7).
-    ("swin", lambda: SwinBackbone(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=7,
-                                  drop_path_rate=0.0), (1, 3, 96, 160)),
+    ("swin", lambda: SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.0), (1, 3, 96, 160)),
+    ("swin_ape", lambda: SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.0, ape=True, pretrain_img_size=64), (1, 3, 96, 128)),
+    ("swin_train", lambda: SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.3), (1, 3, 96, 160)),
     # DeiT floors 72 x 100 to 64 x 96 and resizes its 24 x 24 positions to 4 x 6.
     ("deit", lambda: build_backbone(_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml",
                                          ["CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1"])), (1, 3, 72, 100)),
@@ -296,12 +315,27 @@ def _summary(outputs: Dict[str, torch.Tensor]) -> Dict[str, list]:
 def test_outputs_equal_the_official_backbones(name, make, size):
     model = make()
     model.load_state_dict(_seeded_weights(model), strict=True)
-    model.eval()
+    model.train(name == "swin_train")
+    x = torch.randn(*size, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
     with torch.no_grad():
-        summary = _summary(model(torch.randn(*size, generator=torch.Generator().manual_seed(1))))
+        summary = _summary(model(x))
     assert summary.keys() == REFERENCE[name].keys()
     for key, expected in REFERENCE[name].items():
         np.testing.assert_allclose(summary[key], expected, rtol=2e-5, atol=2e-6, err_msg=f"{name} {key}")
+
+
+def test_swin_gradient_checkpointing_changes_nothing():
+    # MODEL.SWIN.USE_CHECKPOINT recomputes each block in the backward: same outputs and gradients.
+    models = [SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.0, use_checkpoint=flag) for flag in (False, True)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in models:
+        out = model(x)
+        sum((o * o).sum() for o in out.values()).backward()
+        grads.append(model.layers[0].blocks[1].attn.qkv.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
 
 
 def test_shifted_window_mask_is_the_official_region_rule():
