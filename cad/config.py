@@ -56,7 +56,8 @@ def _add_runtime_config(cfg: CN) -> None:
 def _add_vit_config(cfg: CN) -> None:
     # DINO/DINOv2 ViT backbones (cad/backbones/d2_backbone.py: build_vit_backbone, build_vit_sfp_backbone).
     cfg.CAD.VIT = CN()
-    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg]).
+    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg],
+    # deit_base_patch16_384) or pytorch_pretrained_vit's (B_16, L_16); cad/backbones/vit.py VIT_ARCHS.
     cfg.CAD.VIT.ARCH = "dino_vits16"
     # Official checkpoint file; "" = $TORCH_HOME/hub/checkpoints/<official name>; "random" = random init.
     cfg.CAD.VIT.WEIGHTS = ""

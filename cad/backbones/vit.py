@@ -1,7 +1,9 @@
-"""DINO and DINOv2 ViTs on timm's `VisionTransformer`, loading the official checkpoint files.
+"""DINO and DINOv2 ViTs (and the DeiT and PyTorch-Pretrained-ViT models of Guided Distillation's
+backbones) on timm's `VisionTransformer`, loading the official checkpoint files.
 
 Architectures are named as the official torch.hub entries (`dino_vits16`, ..., `dinov2_vitl14`,
-plus `dinov2_*_reg` with 4 register tokens). Every model is built with `dynamic_img_size=True`:
+plus `dinov2_*_reg` with 4 register tokens; `deit_base_patch16_384`), or as pytorch_pretrained_vit
+names them (`B_16`, `L_16`). Every model is built with `dynamic_img_size=True`:
 the position embedding is interpolated (bicubic, no antialiasing, as the official code) to the
 exact patch grid of any input whose sides are multiples of the patch size; images are never
 resized to the pre-training size.
@@ -20,7 +22,9 @@ DINO "full" checkpoints (`teacher` dict, `module.backbone.` prefix) are accepted
 add `mask_token` and `blocks.N.ls{1,2}.gamma`; with registers they hold `register_tokens` and a
 `pos_embed` whose first entry belongs to the CLS token, converted as timm does (the CLS position
 folded into `cls_token`, registers without position). Loading is strict: a missing, unexpected
-or wrongly shaped key raises `CheckpointLayoutError` naming the keys.
+or wrongly shaped key raises `CheckpointLayoutError` naming the keys. DeiT files are
+`{"model": state_dict}` with timm's keys and a classifier `head` (dropped); pytorch_pretrained_vit
+files have their own names (`transformer.blocks.N.attn.proj_q`, ...), converted to timm's.
 """
 import math
 import os
