@@ -1,6 +1,7 @@
-"""Self-supervised ViT backbones (DINO, DINOv2 on timm), feature hooks and Detectron2 wrappers."""
+"""Backbones: DINO/DINOv2 ViTs on timm (feature hooks, Detectron2 wrappers) and Guided
+Distillation's (Swin, DeiT, DINOv2, ViT)."""
 from cad.backbones.d2_backbone import SimpleFeaturePyramid, ViTBackbone  # registers the Detectron2 backbones
-from cad.backbones.gd_vit import GDViTBackbone  # registers DinoV2{Base,Large}Backbone, DeiTBaseBackbone
+from cad.backbones.gd_vit import GDViTBackbone  # registers DinoV2{Base,Large}Backbone, DeiTBaseBackbone, ViT{Base,Large}Backbone
 from cad.backbones.swin import SwinBackbone  # registers D2SwinTransformer
 from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import (

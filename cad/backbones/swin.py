@@ -61,8 +61,7 @@ class WindowAttention(timm_swin.WindowAttention):
         self.register_buffer("relative_position_index", self.relative_position_index, persistent=True)
         if qk_scale:  # MODEL.SWIN.QK_SCALE overrides head_dim ** -0.5 (official `qk_scale or head_dim ** -0.5`)
             self.scale = qk_scale
-        # timm's fused path ignores `scale`; the official attention is the explicit softmax(q k^T * scale + bias).
-        self.fused_attn = False
+            self.fused_attn = False  # timm's fused path (off by default) would ignore `scale`
 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
@@ -100,7 +99,7 @@ class SwinTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """x (B, H, W, C); attn_mask from `shifted_window_mask` (used when the block shifts)."""
-        batch, height, width, channels = x.shape
+        _, height, width, channels = x.shape
         window = self.window_size
         # Official order: norm, pad with zeros to window multiples, then roll the padded map.
         y = F.pad(self.norm1(x), (0, 0, 0, (window - width % window) % window, 0, (window - height % window) % window))
