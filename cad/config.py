@@ -56,7 +56,8 @@ def _add_runtime_config(cfg: CN) -> None:
 def _add_vit_config(cfg: CN) -> None:
     # DINO/DINOv2 ViT backbones (cad/backbones/d2_backbone.py: build_vit_backbone, build_vit_sfp_backbone).
     cfg.CAD.VIT = CN()
-    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg]).
+    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg],
+    # deit_base_patch16_384) or pytorch_pretrained_vit's (B_16, L_16); cad/backbones/vit.py VIT_ARCHS.
     cfg.CAD.VIT.ARCH = "dino_vits16"
     # Official checkpoint file; "" = $TORCH_HOME/hub/checkpoints/<official name>; "random" = random init.
     cfg.CAD.VIT.WEIGHTS = ""
@@ -199,6 +200,42 @@ def _add_mask2former_config(cfg: CN) -> None:
     # Mask2Former's parameter groups (with SOLVER.OPTIMIZER): backbone LR factor, no decay on embeddings.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    _add_swin_config(cfg)
+
+
+def _add_swin_config(cfg: CN) -> None:
+    """Swin backbone `D2SwinTransformer` (cad/backbones/swin.py); names and defaults of the official
+    add_maskformer2_config."""
+    swin = cfg.MODEL.SWIN = CN()
+    # Pre-training image size (sets the grid of the absolute position embedding, APE only).
+    swin.PRETRAIN_IMG_SIZE = 224
+    # Side of the square patches of the patch embedding.
+    swin.PATCH_SIZE = 4
+    # Channels of stage 1 (stage i has EMBED_DIM * 2^i).
+    swin.EMBED_DIM = 96
+    # Blocks per stage and attention heads per stage.
+    swin.DEPTHS = [2, 2, 6, 2]
+    swin.NUM_HEADS = [3, 6, 12, 24]
+    # Side of the attention windows (shifted by WINDOW_SIZE // 2 in every second block).
+    swin.WINDOW_SIZE = 7
+    # MLP hidden width / channels.
+    swin.MLP_RATIO = 4.0
+    # Biases of the q/k/v projection; QK_SCALE overrides head_dim ** -0.5 when set.
+    swin.QKV_BIAS = True
+    swin.QK_SCALE = None
+    # Dropout after the projections and MLP, dropout of the attention weights.
+    swin.DROP_RATE = 0.0
+    swin.ATTN_DROP_RATE = 0.0
+    # Stochastic depth, rising linearly from 0 to this over all blocks.
+    swin.DROP_PATH_RATE = 0.3
+    # Absolute position embedding added after the patch embedding (bicubic-resized to the input).
+    swin.APE = False
+    # LayerNorm after the patch embedding.
+    swin.PATCH_NORM = True
+    # Outputs among res2..res5 (strides 4..32).
+    swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Gradient checkpointing of the blocks (saves memory, costs a second forward).
+    swin.USE_CHECKPOINT = False
 
 
 def _add_ssl_config(cfg: CN) -> None:
