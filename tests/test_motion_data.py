@@ -253,3 +253,32 @@ def test_epochs_set_max_iter_from_the_training_videos():
     cfg.SOLVER.IMS_PER_BATCH = 4
     with pytest.raises(ConfigError, match="3 training videos make no batch of SOLVER.IMS_PER_BATCH 4"):
         epochs_to_iterations(cfg)
+
+
+def test_range_without_calibration_is_one_config_error(tmp_path):
+    rng = np.random.default_rng(0)
+    _tri_pd_scene(tmp_path / "tri_pd" / "train", "scene_000001", rng, depth=True)
+    for f in (tmp_path / "tri_pd" / "train" / "scene_000001" / "calibration").iterdir():
+        f.unlink()
+    video = load_tri_pd(tmp_path, "train", first_scene=0)[0]
+    with pytest.raises(ConfigError, match="'scene_000001/camera_01' has no calibration for the 3D network"):
+        MotionClipMapper(_cfg(), is_train=False, with_range=True)(video)
+
+
+def test_tri_pd_test_ground_truth_keeps_ids_from_their_first_frame_over_500_px(tmp_path):
+    """DIOD datasetPDEval / xMOD PDDatasetEval: an id is background until it has > 500 px in a frame,
+    then stays an object for the rest of the video (also in later clips)."""
+    scene = tmp_path / "tri_pd" / "test" / "scene_000007"
+    rng = np.random.default_rng(0)
+    for t in range(10):  # 100x120 frames: 21 rows cropped at the top, 79x120 = the input size
+        atomic_write_png(scene / "rgb" / "camera_01" / f"{t:06d}.png", rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
+        mask = np.zeros((100, 120))
+        mask[30:55, 0:25] = 5  # 625 px in every frame
+        mask[30:40, 40:50] = 7  # 100 px in every frame: never counted
+        side = 25 if t == 3 else 10
+        mask[60:60 + side, 60:60 + side] = 9  # 625 px in frame 3 only
+        _write_mask(scene / "ari_masks" / "camera_01" / f"{t:06d}.png", mask)
+    clips = load_tri_pd(tmp_path, "val")
+    mapper = MotionClipMapper(_cfg((79, 120)), is_train=False)
+    present = [[sorted(set(np.unique(m)) - {0}) for m in mapper(c)["gt_masks"].numpy()] for c in clips]
+    assert present == [[[5], [5], [5], [5, 9], [5, 9]], [[5, 9]] * 5]

@@ -9,6 +9,7 @@ clip (evaluation, `clip_start` >= 0):
     calib: dict (K 3x3 for depth; velo_to_cam 3x4, R_rect 3x3, P_rect 3x4 for velodyne),
     moving_ids: [int] (synthetic only), clip_start: int (-1 = random), clip_length: int,
     crop_top: float (fraction of rows removed at the top before resizing; TRI-PD 256/1216),
+    gt_min_area: int (TRI-PD test: ground-truth ids count once they exceed it, `TRI_PD_GT_MIN_AREA`),
     height, width: model input size (filled by the mapper).
 See datasets/README.md, sections "TRI-PD", "KITTI" and "Synthetic data".
 """
@@ -154,6 +155,9 @@ TRI_PD_BANNED_SCENES = frozenset([
 TRI_PD_SUPERVISION = {"est": "est_masks", "moving": "moving_masks", "all": "ari_masks"}
 # The calibration file xMOD's PD_dataset.py reads (the same DGP calibration in every scene it was run on).
 XMOD_PD_CALIBRATION = "f7ac1d5879108bf162666fa9836d1f9ea712a35f.json"
+# TRI-PD test ground truth: ids with at most this many pixels are background until they get bigger
+# (DIOD datasetPDEval.py, xMOD PDDatasetEval: `_remap_mask(mask, threshold=500)`, persistent mapping).
+TRI_PD_GT_MIN_AREA = 500
 # First training scene of the sorted TRI-PD training folder: DIOD / xMOD keep scene 0 for in-training
 # visualisation (files[1:]); xMOD's 3D loader PDDataset3DOD trains on files[18:].
 TRI_PD_FIRST_TRAIN_SCENE, TRI_PD_FIRST_TRAIN_SCENE_3D = 1, 18
@@ -218,6 +222,7 @@ def load_tri_pd(root: Path, split: str, clip_length: int = 5, first_scene: int =
                 per_kind if split == "train" else None, None if split == "train" else per_kind.get("all"),
                 depth=[str(p) for p in depth] if depth[0].exists() else None,
                 calib=calib, crop_top=TRI_PD_CROP_TOP, clip_length=clip_length,
+                gt_min_area=0 if split == "train" else TRI_PD_GT_MIN_AREA,
             ))
     if not videos:
         raise DatasetMissingError(
@@ -359,6 +364,7 @@ class MotionClipMapper:
         self.crop_prob, self.crop_scale, self.flip_prob = m.CROP_PROB, tuple(m.CROP_SCALE), m.FLIP_PROB
         self.min_mask_area = m.MIN_MASK_AREA
         self.supervision = m.SUPERVISION
+        self._gt_cache: Dict[str, List[np.ndarray]] = {}  # first GT path of a video -> `_gt_ids_kept`
 
     def _geometry(self, img: np.ndarray, crop_top: float, box, flip: bool, nearest: bool) -> np.ndarray:
         h = img.shape[0]
@@ -380,13 +386,15 @@ class MotionClipMapper:
         return (y0, x0, y0 + side, x0 + side)
 
     def _range(self, d: Dict, t: int, raw_hw: Tuple[int, int]) -> np.ndarray:
-        if d.get("depth"):
+        if d.get("depth") and d.get("calib"):
             depth = np.load(d["depth"][t])["data"].astype(np.float32)
             return range_image_from_depth(depth, np.asarray(d["calib"]["K"], np.float32))
-        if d.get("velodyne"):
+        if d.get("velodyne") and d.get("calib"):
             pts = np.fromfile(d["velodyne"][t], np.float32).reshape(-1, 4)
             return range_image_from_points(velodyne_to_rect(pts, d["calib"]), np.asarray(d["calib"]["P_rect"]), *raw_hw)
-        raise ValueError(f"video '{d['video']}' has no depth or velodyne data for the 3D branch")
+        missing = "calibration" if d.get("depth") or d.get("velodyne") else "depth or LiDAR data"
+        raise ConfigError(f"video '{d['video']}' has no {missing} for the 3D network (TRI-PD: depth/camera_0X/*.npz and "
+                          "calibration/<hash>.json; KITTI: velodyne_points/ and the calib_*.txt files; datasets/README.md)")
 
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         """The mapped clip; in training, a clip with an unreadable frame or mask is skipped (None,
@@ -398,6 +406,21 @@ class MotionClipMapper:
                 raise
             skip_unreadable(e.file_name, e)
             return None
+
+    def _gt_ids_kept(self, d: Dict, crop_top: float) -> List[np.ndarray]:
+        """Per frame of the video, the ground-truth ids kept by the TRI-PD test loaders (DIOD
+        datasetPDEval.py, xMOD PDDatasetEval): an id counts from the first frame in which it has more
+        than `gt_min_area` pixels (at the model input size) and stays counted for the rest of the video.
+        Computed once per video (all its masks are read) and cached."""
+        key = d["gt_masks"][0]
+        if key not in self._gt_cache:
+            kept, seen = [], np.zeros(0, np.int64)
+            for path in d["gt_masks"]:
+                ids, counts = np.unique(self._geometry(_read_mask(path), crop_top, None, False, True), return_counts=True)
+                seen = np.union1d(seen, ids[(counts > d["gt_min_area"]) & (ids > 0)])
+                kept.append(seen)
+            self._gt_cache[key] = kept
+        return self._gt_cache[key]
 
     def _motion_paths(self, d: Dict) -> Optional[List[str]]:
         """The video's mask paths of CAD.MOTION.SUPERVISION; None when it has no motion masks."""
@@ -428,6 +451,9 @@ class MotionClipMapper:
                 masks = np.stack([self._geometry(_read_mask(paths[t]), ct, box, flip, True) for t in idx]).astype(np.int64)
                 if key == "motion_masks":
                     masks = np.stack([drop_small_ids(m, self.min_mask_area) for m in masks])
+                elif d.get("gt_min_area"):
+                    kept = self._gt_ids_kept(d, ct)
+                    masks = np.stack([np.where(np.isin(m, kept[t]), m, 0) for m, t in zip(masks, idx)])
                 out[key] = torch.from_numpy(masks)
         if self.with_range:
             rngs = [self._range(d, t, raw[0].shape[:2]) for t in idx]
