@@ -266,17 +266,17 @@ def test_range_without_calibration_is_one_config_error(tmp_path):
 
 
 def test_tri_pd_test_ground_truth_keeps_ids_from_their_first_frame_over_500_px(tmp_path):
-    """DIOD datasetPDEval / xMOD PDDatasetEval: an id is background until it has > 500 px in a frame,
-    then stays an object for the rest of the video (also in later clips)."""
+    """DIOD datasetPDEval / xMOD PDDatasetEval: an id is background until it has > 500 px in a 480x968
+    frame (here > 10.2 px of 79x120), then stays an object for the rest of the video (also in later clips)."""
     scene = tmp_path / "tri_pd" / "test" / "scene_000007"
     rng = np.random.default_rng(0)
     for t in range(10):  # 100x120 frames: 21 rows cropped at the top, 79x120 = the input size
         atomic_write_png(scene / "rgb" / "camera_01" / f"{t:06d}.png", rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
         mask = np.zeros((100, 120))
-        mask[30:55, 0:25] = 5  # 625 px in every frame
-        mask[30:40, 40:50] = 7  # 100 px in every frame: never counted
-        side = 25 if t == 3 else 10
-        mask[60:60 + side, 60:60 + side] = 9  # 625 px in frame 3 only
+        mask[30:34, 0:4] = 5  # 16 px in every frame
+        mask[30:33, 40:43] = 7  # 9 px in every frame: never counted
+        side = 4 if t == 3 else 3
+        mask[60:60 + side, 60:60 + side] = 9  # 16 px in frame 3 only
         _write_mask(scene / "ari_masks" / "camera_01" / f"{t:06d}.png", mask)
     clips = load_tri_pd(tmp_path, "val")
     mapper = MotionClipMapper(_cfg((79, 120)), is_train=False)

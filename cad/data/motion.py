@@ -9,7 +9,8 @@ clip (evaluation, `clip_start` >= 0):
     calib: dict (K 3x3 for depth; velo_to_cam 3x4, R_rect 3x3, P_rect 3x4 for velodyne),
     moving_ids: [int] (synthetic only), clip_start: int (-1 = random), clip_length: int,
     crop_top: float (fraction of rows removed at the top before resizing; TRI-PD 256/1216),
-    gt_min_area: int (TRI-PD test: ground-truth ids count once they exceed it, `TRI_PD_GT_MIN_AREA`),
+    gt_min_fraction: float (TRI-PD test: ground-truth ids count once they cover more of a frame,
+    `TRI_PD_GT_MIN_FRACTION`),
     height, width: model input size (filled by the mapper).
 See datasets/README.md, sections "TRI-PD", "KITTI" and "Synthetic data".
 """
@@ -155,9 +156,10 @@ TRI_PD_BANNED_SCENES = frozenset([
 TRI_PD_SUPERVISION = {"est": "est_masks", "moving": "moving_masks", "all": "ari_masks"}
 # The calibration file xMOD's PD_dataset.py reads (the same DGP calibration in every scene it was run on).
 XMOD_PD_CALIBRATION = "f7ac1d5879108bf162666fa9836d1f9ea712a35f.json"
-# TRI-PD test ground truth: ids with at most this many pixels are background until they get bigger
-# (DIOD datasetPDEval.py, xMOD PDDatasetEval: `_remap_mask(mask, threshold=500)`, persistent mapping).
-TRI_PD_GT_MIN_AREA = 500
+# TRI-PD test ground truth: ids covering at most this fraction of a frame are background until they get
+# bigger (DIOD datasetPDEval.py, xMOD PDDatasetEval: `_remap_mask(mask, threshold=500)` on 480x968 frames,
+# persistent mapping).
+TRI_PD_GT_MIN_FRACTION = 500 / (480 * 968)
 # First training scene of the sorted TRI-PD training folder: DIOD / xMOD keep scene 0 for in-training
 # visualisation (files[1:]); xMOD's 3D loader PDDataset3DOD trains on files[18:].
 TRI_PD_FIRST_TRAIN_SCENE, TRI_PD_FIRST_TRAIN_SCENE_3D = 1, 18
@@ -222,7 +224,7 @@ def load_tri_pd(root: Path, split: str, clip_length: int = 5, first_scene: int =
                 per_kind if split == "train" else None, None if split == "train" else per_kind.get("all"),
                 depth=[str(p) for p in depth] if depth[0].exists() else None,
                 calib=calib, crop_top=TRI_PD_CROP_TOP, clip_length=clip_length,
-                gt_min_area=0 if split == "train" else TRI_PD_GT_MIN_AREA,
+                gt_min_fraction=0.0 if split == "train" else TRI_PD_GT_MIN_FRACTION,
             ))
     if not videos:
         raise DatasetMissingError(
@@ -336,6 +338,18 @@ def _read_mask(path: str) -> np.ndarray:
     return m if m.ndim == 2 else m[:, :, 0]
 
 
+def supervision_paths(d: Dict, kind: str) -> Optional[List[str]]:
+    """The video's motion-mask paths of supervision `kind` (CAD.MOTION.SUPERVISION); None when it has
+    no motion masks; `ConfigError` when it has others only."""
+    kinds = d.get("motion_masks")
+    if not kinds:
+        return None
+    if kind not in kinds:
+        raise ConfigError(f"CAD.MOTION.SUPERVISION '{kind}': video '{d['video']}' has no such masks "
+                          f"(it has {', '.join(sorted(kinds))}; TRI-PD folders: {TRI_PD_SUPERVISION})")
+    return kinds[kind]
+
+
 def drop_small_ids(ids: np.ndarray, min_area: int) -> np.ndarray:
     """Ids with fewer than `min_area` pixels in a frame -> 0; ids int [H, W]."""
     counts = np.bincount(ids.reshape(-1))
@@ -409,28 +423,18 @@ class MotionClipMapper:
 
     def _gt_ids_kept(self, d: Dict, crop_top: float) -> List[np.ndarray]:
         """Per frame of the video, the ground-truth ids kept by the TRI-PD test loaders (DIOD
-        datasetPDEval.py, xMOD PDDatasetEval): an id counts from the first frame in which it has more
-        than `gt_min_area` pixels (at the model input size) and stays counted for the rest of the video.
-        Computed once per video (all its masks are read) and cached."""
+        datasetPDEval.py, xMOD PDDatasetEval): an id counts from the first frame in which it covers
+        more than `gt_min_fraction` of the frame (500 px at 480x968) and stays counted for the rest of
+        the video. Computed once per video (all its masks are read) and cached."""
         key = d["gt_masks"][0]
         if key not in self._gt_cache:
             kept, seen = [], np.zeros(0, np.int64)
             for path in d["gt_masks"]:
                 ids, counts = np.unique(self._geometry(_read_mask(path), crop_top, None, False, True), return_counts=True)
-                seen = np.union1d(seen, ids[(counts > d["gt_min_area"]) & (ids > 0)])
+                seen = np.union1d(seen, ids[(counts > d["gt_min_fraction"] * counts.sum()) & (ids > 0)])
                 kept.append(seen)
             self._gt_cache[key] = kept
         return self._gt_cache[key]
-
-    def _motion_paths(self, d: Dict) -> Optional[List[str]]:
-        """The video's mask paths of CAD.MOTION.SUPERVISION; None when it has no motion masks."""
-        kinds = d.get("motion_masks")
-        if not kinds:
-            return None
-        if self.supervision not in kinds:
-            raise ConfigError(f"CAD.MOTION.SUPERVISION '{self.supervision}': video '{d['video']}' has no such masks "
-                              f"(it has {', '.join(sorted(kinds))}; TRI-PD folders: {TRI_PD_SUPERVISION})")
-        return kinds[self.supervision]
 
     def _map(self, dataset_dict: Dict) -> Dict:
         d = dataset_dict
@@ -446,12 +450,12 @@ class MotionClipMapper:
             "moving_ids": list(d.get("moving_ids", [])), "file_names": [d["frames"][t] for t in idx],
             "image": torch.from_numpy(np.stack([self._geometry(f, ct, box, flip, False) for f in raw])).permute(0, 3, 1, 2).contiguous(),
         }
-        for key, paths in (("motion_masks", self._motion_paths(d)), ("gt_masks", d.get("gt_masks"))):
+        for key, paths in (("motion_masks", supervision_paths(d, self.supervision)), ("gt_masks", d.get("gt_masks"))):
             if paths:
                 masks = np.stack([self._geometry(_read_mask(paths[t]), ct, box, flip, True) for t in idx]).astype(np.int64)
                 if key == "motion_masks":
                     masks = np.stack([drop_small_ids(m, self.min_mask_area) for m in masks])
-                elif d.get("gt_min_area"):
+                elif d.get("gt_min_fraction"):
                     kept = self._gt_ids_kept(d, ct)
                     masks = np.stack([np.where(np.isin(m, kept[t]), m, 0) for m, t in zip(masks, idx)])
                 out[key] = torch.from_numpy(masks)

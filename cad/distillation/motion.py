@@ -9,14 +9,14 @@ clip (SOLVER.CLIP_GRADIENTS), lr = base * min(1, it/warmup) * 0.5^(it/half-life)
 import logging
 
 import torch
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer
 from detectron2.solver import LRMultiplier
 from detectron2.solver.build import maybe_add_gradient_clipping
 from fvcore.common.param_scheduler import ParamScheduler
 
 from cad.config import ConfigError
-from cad.data.motion import MotionClipMapper
+from cad.data.motion import MotionClipMapper, supervision_paths
 from cad.distillation.ema import ema_update, unwrap
 from cad.engine.distributed import average_buffers
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
@@ -114,7 +114,12 @@ class MotionTrainer(CadTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
+        """Clip loader of DATASETS.TRAIN; a video without masks of CAD.MOTION.SUPERVISION is one
+        `ConfigError` here, before training starts."""
+        videos = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        for d in videos:
+            supervision_paths(d, cfg.CAD.MOTION.SUPERVISION)
+        return build_detection_train_loader(cfg, dataset=videos, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
