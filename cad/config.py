@@ -288,6 +288,7 @@ CHOICES = {
     "CAD.MOTION.TEACHER_BN_STATS": ("batch", "running"),
     "CAD.MOTION.EVAL_NET": ("student", "teacher"),
     "CAD.MOTION.XMOD_EVAL_OUTPUT": ("fused", "2d", "3d"),
+    "CAD.MOTION.SUPERVISION": ("est", "moving", "all"),
 }
 
 
@@ -326,6 +327,14 @@ def _add_motion_config(cfg: CN) -> None:
     m.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
     m.GRAYSCALE_PROB = 0.2
     m.SOLARIZE_PROB = 0.2
+    # Training masks (DIOD trainPD_ts.py / xMOD train.py --supervision): "est" (estimated motion
+    # masks: TRI-PD est_masks/, KITTI image_0X/raft_seg/), "moving" (TRI-PD moving_masks/, the
+    # ground-truth moving objects) or "all" (TRI-PD ari_masks/, every object). KITTI has "est" only.
+    m.SUPERVISION = "est"
+    # Training length in epochs of the training split, as the official scripts count them
+    # (DataLoader drop_last: an epoch = floor(camera videos / SOLVER.IMS_PER_BATCH) iterations);
+    # 0 = SOLVER.MAX_ITER. When > 0, SOLVER.MAX_ITER is set from it when training starts (logged).
+    m.EPOCHS = 0
     # Motion-mask ids with fewer pixels than this (at input size) become background (TRI-PD: 50).
     m.MIN_MASK_AREA = 50
     # Encoder: ResNet-18 layout; channels of the first stage (64 in the reference).
@@ -379,6 +388,9 @@ def _add_motion_config(cfg: CN) -> None:
     m.MIN_PSEUDO_AREA = 10
     # Learning rate halves every this many iterations (DIOD: 0.5^(step/50000), warmup via SOLVER.WARMUP_ITERS).
     m.LR_HALF_LIFE = 50000
+    # The decay applies during the warmup too (DIOD trainPD_ts.py); False: linear warmup, then the
+    # decay (xMOD train/trainer._update_learning_rate).
+    m.LR_DECAY_IN_WARMUP = True
     # Which network --eval-only and in-training evaluation use: "student" or "teacher".
     m.EVAL_NET = "student"
     # F1@50 IoU threshold; strict ">" as DIOD (False: ">=" as xMOD); min GT objects for a clip's ARI.
@@ -390,12 +402,17 @@ def _add_motion_config(cfg: CN) -> None:
     m.RECON_3D_WEIGHT = 1.0
     m.FUSION_IOU = 0.1
     m.XMOD_EVAL_OUTPUT = "fused"
+    # Write every evaluated frame's slot masks (xMOD eval/main_evaluation.py --save_predictions) to
+    # OUTPUT_DIR/inference/<split>/predictions/<video>/<frame>.npz ('data': float [K, h, w]; the
+    # fused binary masks for XMOD_EVAL_OUTPUT fused).
+    m.SAVE_PREDICTIONS = False
     # xMOD 3D augmentation: point-drop fraction and x/y/z jitter (xMOD PD: 0.4/0.4; KITTI: 0.1/0).
     m.POINT_DROP_PROB = 0.4
     m.POINT_JITTER_PROB = 0.4
-    # xMOD from official files: MODEL.WEIGHTS is the 2D checkpoint (DIOD's file or xMOD's
-    # epoch_*_2d.ckpt) and this is the 3D one (xMOD epoch_*_3d.ckpt), as xMOD's trainer takes
-    # checkpoint_path_2d and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
+    # xMOD step 3 (XMOD from two files): MODEL.WEIGHTS is the 2D checkpoint (DIOD's file, xMOD's
+    # epoch_*_2d.ckpt or cad's DIOD model_final.pth) and this is the 3D one (xMOD's epoch_*_3d.ckpt
+    # or cad's DIOD3D model_final.pth, xMOD steps 1-2), as xMOD's trainer takes checkpoint_path_2d
+    # and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
     m.WEIGHTS_3D = ""
     # Official checkpoint trained at another INPUT_SIZE (DIOD's KITTI run starts from the TRI-PD
     # model; trainKITTI_ts.py load_model skips the shape-mismatched tensors): True re-initialises

@@ -152,9 +152,11 @@ MOTION_OPTS = [
 ]
 
 
-@pytest.mark.parametrize("config", ["configs/DIOD/diod_synthetic.yaml", "configs/xMOD/xmod_synthetic.yaml"])
+@pytest.mark.parametrize("config", ["configs/DIOD/diod_synthetic.yaml", "configs/xMOD/xmod_synthetic.yaml",
+                                    "configs/xMOD/xmod_synthetic_3d.yaml"])
 def test_motion_model_overfits_motion_masks(config, tmp_path):
-    """DIOD / xMOD burn-in on the motion masks of 3 tiny clips, evaluated on them (fg-ARI)."""
+    """DIOD / xMOD / DIOD-3D (xMOD's 3D burn-in, range image only) burn-in on the motion masks of 3
+    tiny clips, evaluated on them (fg-ARI)."""
     opts = [*MOTION_OPTS, "SOLVER.MAX_ITER", "40", "OUTPUT_DIR", str(tmp_path)]
     untrained = evaluate_untrained(REPO / config, opts)["motion"]
     baselines = evaluate_baselines(load_cfg(REPO / config, opts), "synthetic_motion_tiny_train")
@@ -162,7 +164,8 @@ def test_motion_model_overfits_motion_masks(config, tmp_path):
     m = results["motion"]
     # seeds 0/1/2, DIOD: loss drop 1.70/1.95/1.87, fg-ARI 50.2/48.1/61.5 (untrained 0.0/0.0/24.0);
     # xMOD: 1.53/1.96/1.83, fg-ARI 49.9/35.6/62.5 (untrained 0.0/0.0/3.3); all-background: fg-ARI 0.0.
-    # Motion-mask loss zeroed: fg-ARI 0.0 for both (the loss still falls 1.66x / 2.12x: reconstruction)
+    # DIOD-3D: 1.67/2.09/2.07, fg-ARI 48.2/66.2/36.3 (untrained -3.3/5.3/9.2).
+    # Motion-mask loss zeroed: fg-ARI 0.0 for all three (the loss still falls 1.66x / 2.12x / 2.41x: reconstruction)
     assert loss_drop(losses) > 1.3, losses
     assert m["fg_ari"] > max(untrained["fg_ari"], baselines["all_background"]["fg_ari"]) + 20, (m, untrained)
 

@@ -1,7 +1,7 @@
-"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`) and the
-official checkpoint layouts `diod`, `xmod_2d`, `xmod_3d` (registered with cad.checkpoint)."""
+"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `DIOD3D`, `XMOD`)
+and the checkpoint layouts `diod`, `xmod_2d`, `xmod_3d`, `cad_diod` (registered with cad.checkpoint)."""
 from cad.modeling.motion import checkpoint_layouts
-from cad.modeling.motion.meta_arch import DIOD, XMOD
+from cad.modeling.motion.meta_arch import DIOD, DIOD3D, RANGE_ARCHS, XMOD
 from cad.modeling.motion.networks import SlotAttention, SlotVideoNet
 
-__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet", "checkpoint_layouts"]
+__all__ = ["DIOD", "DIOD3D", "RANGE_ARCHS", "XMOD", "SlotAttention", "SlotVideoNet", "checkpoint_layouts"]
