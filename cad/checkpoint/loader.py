@@ -91,6 +91,14 @@ def _convert(layout: Layout, obj: Any, what: str) -> StateDict:
         raise CheckpointError(f"{what}: {_first_line(e)}") from e
 
 
+def _check_archs(layout: Layout, cfg, what: str) -> None:
+    """Refuse a model whose meta-architecture does not take the file (`archs`)."""
+    arch = None if cfg is None else cfg.MODEL.META_ARCHITECTURE
+    if layout.archs and arch is not None and arch not in layout.archs:
+        raise CheckpointError(f"{what} is a {layout.description}: MODEL.META_ARCHITECTURE {' or '.join(layout.archs)} "
+                              f"takes it, not {arch}")
+
+
 def _check_requires(layout: Layout, cfg, what: str) -> None:
     """Refuse a config whose values differ from those the file's network needs (`requires`)."""
     if cfg is None:
@@ -123,24 +131,29 @@ def _member(layout: Layout, state: StateDict, cfg, member: Optional[str], what: 
 
 
 def _companion(layout: Layout, state: StateDict, cfg, model_keys: Optional[Iterable[str]]) -> StateDict:
-    """`state` plus the second file `layout.companion` names, when the model has keys `state`
-    does not fill and the config gives that file."""
-    if layout.companion is None or cfg is None or model_keys is None:
+    """`state` plus the keys of the second file `layout.companion` names, when the model has keys
+    `state` does not fill and the config gives that file: a file in the companion's layout, or a
+    cad checkpoint holding keys with its prefixes."""
+    companion = layout.companion
+    if companion is None or cfg is None or model_keys is None:
         return state
-    key, name = layout.companion
-    source = cfg_value(cfg, key)
+    source = cfg_value(cfg, companion.key)
     if not source or all(k in state for k in model_keys):
         return state
-    expected = get_layout(name)
-    obj = read_weights(source, option=key)
+    expected = get_layout(companion.layout)
+    obj = read_weights(source, option=companion.key)
     found = find_layout(obj)
-    what = f"{key} '{source}'"
-    if found is not expected:
-        raise CheckpointError(f"{what} is not an {expected.description} ({name} layout)"
-                              + (f": it is in the {found.name} layout" if found else ""))
-    _check_requires(found, cfg, what)
-    logger.info("%s: %s layout, converted to cad's names", what, name)
-    return {**_convert(found, obj, what), **state}
+    what = f"{companion.key} '{source}'"
+    if found is expected:
+        _check_requires(found, cfg, what)
+        logger.info("%s: %s layout, converted to cad's names", what, found.name)
+        other = _convert(found, obj, what)
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict) and any(str(k).startswith(companion.prefixes) for k in obj["model"]):
+        other = obj["model"]
+    else:
+        raise CheckpointError(f"{what} is neither an {expected.description} ({expected.name} layout) nor a cad "
+                              f"checkpoint holding {', '.join(p + '*' for p in companion.prefixes)}")
+    return {**{k: v for k, v in other.items() if k.startswith(companion.prefixes)}, **state}
 
 
 def _resolution_tied(layout: Layout, state: StateDict, cfg, model_state: Optional[Dict[str, torch.Tensor]], what: str) -> StateDict:
@@ -181,6 +194,7 @@ def checkpoint_layout(raw: Any, path: str, cfg=None, model_state: Optional[Dict[
         if layout.use_as:
             raise CheckpointError(f"'{path}' is a {layout.description}, not a model checkpoint: give it as {layout.use_as}")
         logger.info("'%s': %s layout (%s), converted to cad's names", path, layout.name, layout.description)
+        _check_archs(layout, cfg, what)
         _check_requires(layout, cfg, what)
         state = _member(layout, _convert(layout, raw, what), cfg, member, what)
         state = _companion(layout, state, cfg, model_keys)
@@ -208,7 +222,7 @@ def _hint(file_keys: Sequence[str], model: nn.Module, model_keys: Sequence[str],
     """Why the keys may differ: a second file the layout takes, another model family."""
     companion = next((x.companion for x in registered_layouts() if x.name == layout and x.companion), None)
     if companion is not None:
-        return f"; {layout} files leave some networks to a second file in {companion[0]}"
+        return f"; {layout} files leave some networks to a second file in {companion.key}"
     file_mods, model_mods = _modules(file_keys), _modules(model_keys)
     if file_mods != model_mods:
         return f"; the file holds modules {', '.join(file_mods)} but {type(model).__name__} has {', '.join(model_mods)} (another model family?)"

@@ -4,7 +4,8 @@
 `cad.checkpoint.sources.weights_file` (path, URL, official file), then read on the CPU:
 
 - `.pkl` files (Detectron2 model zoo, Caffe2/Detectron1 and converted-backbone pickles) with a
-  restricted unpickler that builds only containers, numpy arrays and scalars, and shaped as
+  restricted unpickler that builds only containers, numpy arrays and scalars and torch tensors
+  (read with `weights_only`), and shaped as
   Detectron2's `DetectionCheckpointer._load_file` shapes them (a Caffe2 file becomes
   `{"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}`); `.pyth` (pycls) files
   likewise (`{"model": model_state, "__author__": "pycls", "matching_heuristics": True}`);
@@ -21,6 +22,7 @@ truncated) is a `CheckpointError`.
 import argparse
 import codecs
 import collections
+import io
 import logging
 import os
 import pickle
@@ -55,13 +57,26 @@ def _numpy_globals() -> Dict[str, Any]:
     return out
 
 
+def _storage_from_bytes(data: bytes) -> Any:
+    """`torch.storage._load_from_bytes` (how plain pickle stores a torch storage), without unpickling code."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 # The only globals a weights pickle may name: argparse.Namespace (DINO full checkpoints), numpy
-# arrays and scalars, and the two helpers Python's pickles of bytes and ordered dicts use.
+# arrays and scalars, the two helpers Python's pickles of bytes and ordered dicts use, and torch
+# tensors pickled with plain pickle (Mask2Former's converted Swin .pkl files).
 _ALLOWED: Dict[str, Any] = {
     "argparse.Namespace": argparse.Namespace,
     "_codecs.encode": codecs.encode,
     "collections.OrderedDict": collections.OrderedDict,
     **_numpy_globals(),
+}
+# Only in .pkl files: torch.load reads tensors itself.
+_PICKLE_ALLOWED: Dict[str, Any] = {
+    **_ALLOWED,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+    "torch.storage._load_from_bytes": _storage_from_bytes,
 }
 
 
@@ -71,7 +86,7 @@ class _Forbidden(pickle.UnpicklingError):
 
 class _WeightsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        obj = _ALLOWED.get(f"{module}.{name}")
+        obj = _PICKLE_ALLOWED.get(f"{module}.{name}")
         if obj is None:
             raise _Forbidden(f"{module}.{name}")
         return obj

@@ -5,15 +5,18 @@ package imports them all):
 
 - `detectron2_pkl`: Caffe2 / Detectron1 `.pkl` backbones (Detectron2's ImageNet `R-50.pkl` files);
 - `dino`: DINO / DINOv2 ViT files (official torch.hub files, DINO full training checkpoints);
+- `gd_vit`: the DeiT and PyTorch-Pretrained-ViT files of Guided Distillation's ViT backbones;
 - `torchvision_resnet`: torchvision ResNet files (e.g. DINO's ResNet-50) as backbone initialisations;
 - `guided_distillation`: Guided Distillation's stage-1 / stage-2 `EnsembleTSModel` files;
-- `motion`: DIOD and xMOD slot-attention files.
+- `motion`: DIOD and xMOD slot-attention files;
+- `swin`: Swin Transformer ImageNet releases (Guided Distillation's Swin backbones): backbone initialisation.
 
 A `Layout` only converts: `to_cad(obj)` maps the loaded file object to a flat state dict in cad's
 names, without reading the config or another file. What depends on the config is declared and
 done by the loader (`cad.checkpoint.loader`): which member of a multi-model file to keep
-(`members`, `member_key`), config values the file's network needs (`requires`), a second file
-(`companion`), resolution-tied tensors that may start anew (`resolution_tied`).
+(`members`, `member_key`), the meta-architectures that take the file (`archs`), config values the
+file's network needs (`requires`), a second file (`companion`), resolution-tied tensors that may
+start anew (`resolution_tied`).
 
 Adding a layout (docs/weights.md): write `cad/checkpoint/layouts/<family>.py` with `matches` and
 `to_cad` (pure functions of the file object; random-init files in the official layout in a test),
@@ -27,7 +30,19 @@ import torch
 
 StateDict = Dict[str, torch.Tensor]
 
-__all__ = ["Layout", "StateDict", "find_layout", "get_layout", "register_layout", "registered_layouts"]
+__all__ = ["Companion", "Layout", "StateDict", "find_layout", "get_layout", "register_layout", "registered_layouts"]
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second file that fills the model keys a layout's file leaves empty (xMOD's 3D network).
+
+    key: the config key that names it; layout: the registered layout it may be in; prefixes: the
+    keys taken from it (a cad checkpoint holding keys with these prefixes is taken as well)."""
+
+    key: str
+    layout: str
+    prefixes: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -39,9 +54,10 @@ class Layout:
     to_cad(obj): the state dict in cad's names (names converted only; no config, no other file).
     members: ((name, key prefix), ...) of a file holding several models (the first is the default);
         the loader keeps one, prefix stripped: the caller's choice, else the config's `member_key`.
+    archs: the MODEL.META_ARCHITECTUREs that take the file as MODEL.WEIGHTS (empty: any).
     requires: ((config key, accepted values), ...) that the file's network needs.
-    companion: (config key, layout name) of a second file that fills the model keys this one
-        leaves empty (xMOD's 3D network); read by the loader when the model has such keys.
+    companion: a second file (`Companion`), read by the loader when the model has keys this file
+        does not fill and the config names one.
     use_as: for a file that is not a full model for MODEL.WEIGHTS: the option that takes it.
     backbone_only: a backbone initialisation (Detectron2's name matching), not a full model.
     resolution_tied: (config key, regex) of model keys whose shape follows the input size; with the
@@ -55,8 +71,9 @@ class Layout:
     description: str = ""
     members: Tuple[Tuple[str, str], ...] = ()
     member_key: str = ""
+    archs: Tuple[str, ...] = ()
     requires: Tuple[Tuple[str, Tuple[Any, ...]], ...] = ()
-    companion: Optional[Tuple[str, str]] = None
+    companion: Optional[Companion] = None
     use_as: str = ""
     backbone_only: bool = False
     resolution_tied: Optional[Tuple[str, str]] = None
@@ -95,4 +112,6 @@ def get_layout(name: str) -> Layout:
     raise KeyError(f"no layout '{name}' (registered: {', '.join(x.name for x in _LAYOUTS)})")
 
 
-from cad.checkpoint.layouts import detectron2_pkl, dino, guided_distillation, motion, torchvision_resnet  # noqa: E402,F401,I001  (register)
+from cad.checkpoint.layouts import (  # noqa: E402,F401,I001  (register)
+    detectron2_pkl, dino, gd_vit, guided_distillation, motion, swin, torchvision_resnet,
+)

@@ -7,16 +7,21 @@ prefixed `module.` (on CUDA `slots_mu` / `slots_sigma` are not registered: `nn.P
 modality, `{'epoch': e, 'model_state_dict': ...}` (epoch_*_2d.ckpt: the same network as DIOD;
 epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
 
-- ``diod``:    DIOD's file (3 input channels, no 'epoch');
-- ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch');
-- ``xmod_3d``: xMOD's 3D file (4 input channels): the `companion` of the other two, read from
-  CAD.MOTION.WEIGHTS_3D when the model is an XMOD (xMOD's trainer takes checkpoint_path_2d and
-  checkpoint_path_3d the same way, train/trainer._load_teacher_checkpoints); not a MODEL.WEIGHTS.
+- ``diod``:    DIOD's file (3 input channels, no 'epoch'): MODEL.WEIGHTS of DIOD, or XMOD's 2D networks;
+- ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch'): the same;
+- ``xmod_3d``: xMOD's 3D file (4 input channels): MODEL.WEIGHTS of the 3D-only DIOD3D (xMOD's 3d_ts
+  run and `--evaluation_mode 3d`), or XMOD's 3D networks as CAD.MOTION.WEIGHTS_3D;
+- ``cad_diod``: cad's own DIOD checkpoint (model_final.pth) given to XMOD (xMOD step 3): its 2D
+  networks.
 
-Each network's weights go to both the student and the EMA teacher (`students.<m>.*`,
-`teachers.<m>.*`: DIOD's TS run and xMOD's `_load_teacher_checkpoints` load both from the same
-file), and `distilling` is False (cad's trainer starts distillation at CAD.MOTION.TEACHER_START_ITER
-by copying the student, i.e. the same weights). The files need the official network (`requires`:
+XMOD's 3D networks come from the `companion` file in CAD.MOTION.WEIGHTS_3D (xMOD's epoch_*_3d.ckpt or
+cad's DIOD3D / XMOD model_final.pth), read by the loader when the model is an XMOD (xMOD's trainer
+takes checkpoint_path_2d and checkpoint_path_3d the same way, train/trainer._load_teacher_checkpoints);
+without it they are missing and CAD.WEIGHTS_MAY_MISS decides. Each official network's weights go
+to both the student and the EMA teacher (`students.<m>.*`, `teachers.<m>.*`: DIOD's TS run and
+xMOD's `_load_teacher_checkpoints` load both from the same file), and `distilling` is False (cad's
+trainer starts distillation at CAD.MOTION.TEACHER_START_ITER by copying the students, i.e. the
+same weights, as xMOD loads both from its files). The files need the official network (`requires`:
 DIOD's joint token LayerNorm, q/k/v biases, BatchNorm encoder, and BGR input — strict loading
 cannot see a colour-order mismatch) and its LayerNorm over [h*w, D] is tied to the input size
 (`resolution_tied`: CAD.MOTION.RESET_RESOLUTION_TIED starts it anew, as DIOD's KITTI run does).
@@ -26,7 +31,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from cad.checkpoint.layouts import Layout, StateDict, register_layout
+from cad.checkpoint.layouts import Companion, Layout, StateDict, register_layout
 
 # official name (without `module.`) -> cad name inside one `SlotVideoNet`
 _RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
@@ -110,20 +115,42 @@ def _student_and_teacher(modality: str, obj: Any) -> StateDict:
     return out
 
 
+def _not_distilling(state: StateDict) -> StateDict:
+    return {**state, "distilling": torch.zeros((), dtype=torch.bool)}
+
+
 def rgb_to_cad(obj: Any) -> StateDict:
     """A 3-channel official file (DIOD, xMOD 2D) -> cad's 2D student and teacher, not distilling."""
-    return {**_student_and_teacher("2d", obj), "distilling": torch.zeros((), dtype=torch.bool)}
+    return _not_distilling(_student_and_teacher("2d", obj))
 
 
 def range_to_cad(obj: Any) -> StateDict:
-    """xMOD's 4-channel 3D file -> cad's 3D student and teacher."""
-    return _student_and_teacher("3d", obj)
+    """xMOD's 4-channel 3D file -> cad's 3D student and teacher (DIOD3D), not distilling."""
+    return _not_distilling(_student_and_teacher("3d", obj))
 
 
+def cad_state(obj: Any) -> Optional[StateDict]:
+    """The model state dict of a cad DIOD / DIOD3D / XMOD checkpoint (`{'model': {'students.*',
+    'teachers.*', 'distilling'}}`, Detectron2's layout written by cad's trainer), or None."""
+    sd = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or "distilling" not in sd:
+        return None
+    if not all(k == "distilling" or k.startswith(("students.", "teachers.")) for k in sd):
+        return None
+    return sd
+
+
+def _is_cad_diod(obj: Any) -> bool:
+    own = cad_state(obj)
+    return own is not None and {k.split(".")[1] for k in own if k.startswith("students.")} == {"2d"}
+
+
+WEIGHTS_3D = Companion("CAD.MOTION.WEIGHTS_3D", "xmod_3d", ("students.3d.", "teachers.3d."))
 _RGB = dict(
     to_cad=rgb_to_cad,
-    requires=OFFICIAL_NETWORK + BGR_INPUT + (("MODEL.META_ARCHITECTURE", ("DIOD", "XMOD")),),
-    companion=("CAD.MOTION.WEIGHTS_3D", "xmod_3d"),
+    archs=("DIOD", "XMOD"),
+    requires=OFFICIAL_NETWORK + BGR_INPUT,
+    companion=WEIGHTS_3D,
     resolution_tied=RESOLUTION_TIED,
 )
 DIOD_LAYOUT = register_layout(Layout(
@@ -136,8 +163,11 @@ XMOD_2D_LAYOUT = register_layout(Layout(
 ))
 XMOD_3D_LAYOUT = register_layout(Layout(
     "xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
-    "xMOD epoch_*_3d.ckpt (4-channel range network)",
-    requires=OFFICIAL_NETWORK + (("MODEL.META_ARCHITECTURE", ("XMOD",)),),
-    use_as="CAD.MOTION.WEIGHTS_3D, with the 2D file (DIOD's or xMOD's epoch_*_2d.ckpt) as MODEL.WEIGHTS and MODEL.META_ARCHITECTURE XMOD",
-    resolution_tied=RESOLUTION_TIED,
+    "xMOD epoch_*_3d.ckpt (4-channel range network; XMOD takes it as CAD.MOTION.WEIGHTS_3D)",
+    archs=("DIOD3D",), requires=OFFICIAL_NETWORK, resolution_tied=RESOLUTION_TIED,
+))
+CAD_DIOD_LAYOUT = register_layout(Layout(
+    "cad_diod", _is_cad_diod, lambda o: _not_distilling({k: v for k, v in cad_state(o).items() if k != "distilling"}),
+    "cad's DIOD checkpoint (as XMOD's 2D networks, the 3D ones from CAD.MOTION.WEIGHTS_3D)",
+    archs=("DIOD", "XMOD"), companion=WEIGHTS_3D,
 ))

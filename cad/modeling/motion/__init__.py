@@ -1,6 +1,6 @@
-"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `XMOD`); their
-official checkpoint layouts are `cad.checkpoint.layouts.motion`."""
-from cad.modeling.motion.meta_arch import DIOD, XMOD
+"""DIOD / xMOD slot-attention video models (registered meta-architectures `DIOD`, `DIOD3D`, `XMOD`);
+their checkpoint layouts (`diod`, `xmod_2d`, `xmod_3d`, `cad_diod`) are `cad.checkpoint.layouts.motion`."""
+from cad.modeling.motion.meta_arch import DIOD, DIOD3D, RANGE_ARCHS, XMOD
 from cad.modeling.motion.networks import SlotAttention, SlotVideoNet
 
-__all__ = ["DIOD", "XMOD", "SlotAttention", "SlotVideoNet"]
+__all__ = ["DIOD", "DIOD3D", "RANGE_ARCHS", "XMOD", "SlotAttention", "SlotVideoNet"]
