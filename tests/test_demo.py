@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools import mask as mask_util
 
@@ -201,7 +201,11 @@ def test_demo_cli_camera_names_folder_and_self_training(camera_folder, tmp_path,
     assert [(a["image_id"], a["score"]) for a in trained["annotations"]] == [
         (a["image_id"], a["score"]) for a in coco["annotations"]]
     register_self_training_split("demo_self_training", tmp_path / "self_thresh0.json", camera_folder)
-    dicts = DatasetCatalog.get("demo_self_training")
+    try:
+        dicts = DatasetCatalog.get("demo_self_training")
+    finally:
+        DatasetCatalog.remove("demo_self_training")
+        MetadataCatalog.remove("demo_self_training")
     assert [d["file_name"] for d in dicts] == [str(camera_folder / im["file_name"]) for im in coco["images"]]
     assert sum(len(d["annotations"]) for d in dicts) == len(coco["annotations"])
 
