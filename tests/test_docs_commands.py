@@ -55,6 +55,15 @@ class Command:
     text: str
 
 
+def _tokens(command: str, strip: str = "[](){},|") -> List[str]:
+    """Shell words of `command` without the brackets of optional parts."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError:  # an unbalanced quote in a placeholder
+        tokens = command.split()
+    return [t.strip(strip) for t in tokens]
+
+
 def _expand(text: str, env: Dict[str, str]) -> str:
     """`$NAME`, `${NAME}` and `$(NAME)` (Makefile) replaced for the names set earlier in the block."""
     return re.sub(r"\$(?:\{(\w+)\}|\((\w+)\)|(\w+))",
@@ -68,12 +77,9 @@ def _segments(text: str, env: Dict[str, str]) -> Iterator[str]:
     for part in re.split(r"&&|;", text):
         part = part.strip()
         assignment = re.fullmatch(r"(\w+)\s*[:?]?=\s*(.*)", part)
-        if assignment and not SCRIPT.match(assignment.group(2).split(" ", 1)[0]):
-            try:
-                value = " ".join(shlex.split(assignment.group(2)))
-            except ValueError:
-                value = assignment.group(2)
-            env[assignment.group(1)] = _expand(value, env)
+        words = _tokens(assignment.group(2), strip="") if assignment else []
+        if len(words) == 1:  # NAME=value, NAME="a b" (not NAME=value tools/x.py)
+            env[assignment.group(1)] = _expand(words[0], env)
             continue
         part = PREFIX.sub("", _expand(part, env))
         if SCRIPT.match(part.split(" ", 1)[0]):
@@ -159,14 +165,6 @@ def _cfg():
     return default_cfg()
 
 
-def _tokens(command: str) -> List[str]:
-    try:
-        tokens = shlex.split(command)
-    except ValueError:  # an unbalanced quote in a placeholder
-        tokens = command.split()
-    return [t.strip("[](){},|") for t in tokens]
-
-
 def _expand_braces(pattern: str) -> List[str]:
     """'a{b,c}d' -> ['abd', 'acd'] (shell brace expansion, no nesting)."""
     parts = re.split(r"\{([^{}]*,[^{}]*)\}", pattern)
@@ -181,17 +179,17 @@ def _placeholder(value: str) -> bool:
 
 def problems(command: str) -> List[str]:
     """What is wrong with one command; [] when it works."""
-    tokens = _tokens(command)
+    tokens = [part for t in _tokens(command) for part in (t.split("=", 1) if t.startswith("--") else [t])]
     script = tokens[0]
     if not (REPO / script).is_file():
         return [f"{script} does not exist"]
-    out = []
-    flags = [t.split("=", 1)[0] for t in tokens if re.match(r"^--[a-z]", t)]
+    configs = [t for t in tokens if t.startswith("configs/") and t.endswith(".yaml") and not re.search(r"[<$]|\.\.\.", t)]
+    out = [f"{c} does not exist" for c in configs if not any(glob.glob(str(REPO / p)) for p in _expand_braces(c))]
+    flags = [t for t in tokens if re.match(r"^--[a-z]", t)]
     # An override: KEY.SUB under a top-level node of the config (IMG_0001.JPG is a file name).
     keys = [(i, t) for i, t in enumerate(tokens) if KEY.match(t) and t.split(".")[0] in _cfg()]
-    configs = [t for t in tokens if t.startswith("configs/") and t.endswith(".yaml") and not re.search(r"[<$]|\.\.\.", t)]
     if not (flags or keys):
-        return [f"{c} does not exist" for c in configs if not any(glob.glob(str(REPO / p)) for p in _expand_braces(c))]
+        return out
     parser = tool_parser(script)
     known = parser._option_string_actions
     out += [f"{script} has no option {f}" for f in flags if f not in known]
@@ -204,7 +202,6 @@ def problems(command: str) -> List[str]:
                     if v not in map(str, action.choices)]
         if flag in DATASET_FLAGS and ":" not in value and value not in DatasetCatalog.list():
             out.append(f"{flag} {value}: no such registered split")
-    out += [f"{c} does not exist" for c in configs if not any(glob.glob(str(REPO / p)) for p in _expand_braces(c))]
     opts = [a for a in parser._actions if a.dest == "opts"]
     for i, key in keys:
         if not is_config_key(_cfg(), key):
@@ -222,19 +219,23 @@ def test_docs_show_commands():
     assert {"README.md", "datasets/README.md", "docs/motion.md", "configs/GuidedDistillation/README.md",
             "tools/demo.py", "cad/engine/cli.py", "Makefile"} <= where
     assert len(ALL_COMMANDS) > 100
+    env = {}
+    assert list(_segments('C=configs/x; S="A.B 1"', env)) == [] and env == {"C": "configs/x", "S": "A.B 1"}
+    assert list(_segments("D=/data python tools/x.py --config-file $C/y.yaml $S && tools/z.py", env)) == [
+        "tools/x.py --config-file configs/x/y.yaml A.B 1", "tools/z.py"]
 
 
 def test_problems_finds_each_kind_of_error():
     assert problems("tools/nothing.py --x") == ["tools/nothing.py does not exist"]
     assert problems("tools/train_net.py --config-file configs/none.yaml --eval-only --num-gpu 8 MODEL.WEIGHT W") == [
-        "tools/train_net.py has no option --num-gpu", "configs/none.yaml does not exist", "MODEL.WEIGHT is not a config key"]
+        "configs/none.yaml does not exist", "tools/train_net.py has no option --num-gpu", "MODEL.WEIGHT is not a config key"]
     assert problems("tools/demo.py --config-file CFG --input a.jpg --output o MODEL.WEIGHTS W") == [
         "tools/demo.py takes overrides after --opts only (MODEL.WEIGHTS)"]
     assert problems("tools/discover.py lost --images DIR --out x.json MODEL.WEIGHTS W") == [
         "tools/discover.py takes no config overrides (MODEL.WEIGHTS)"]
     assert problems("tools/eval_pseudo_masks.py --gt G --pred P --iou-type segm|box") == [
         "--iou-type box: not one of segm, bbox"]
-    assert problems("tools/discover.py lost --dataset voc07_train --out x.json") == [
+    assert problems("tools/discover.py lost --dataset=voc07_train --out x.json") == [
         "--dataset voc07_train: no such registered split"]
     assert problems("tools/demo.py --config-file CFG --input IMG_0001.JPG --output o --opts MODEL.WEIGHTS W") == []
     assert problems("tools/train_net.py --config-file configs/GuidedDistillation/coco/{r50,dinov2}_teacher_1pct.yaml") == []

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from detectron2.config import CfgNode, get_cfg
 
 import cad.config
-from cad.config import CHOICES
+from cad.config import CHOICES, add_cad_config
 
 CONFIG_SOURCE = Path(cad.config.__file__)
 # Where the page lives, relative to the repository root, and the command that writes it.
@@ -126,9 +126,9 @@ def _cell(text: str) -> str:
 
 def render_config_reference() -> str:
     """The Markdown page: one table per `_add_*` function, keys in source order."""
-    from cad.engine.setup import default_cfg
-
-    base, cad_values = _flat(get_cfg()), _flat(default_cfg())
+    cad_cfg = get_cfg()
+    add_cad_config(cad_cfg)
+    base, cad_values = _flat(get_cfg()), _flat(cad_cfg)
     keys = {k for k, v in cad_values.items() if k not in base or base[k] != v}
     documented = key_comments(CONFIG_SOURCE.read_text())
     unseen = keys - {d.key for d in documented}
