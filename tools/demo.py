@@ -19,6 +19,7 @@ of CAD.MOTION.CLIP_LENGTH frames. Unreadable images are skipped and counted.
 import argparse
 import sys
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True)
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = build_parser()
     args, rest = p.parse_known_args(argv)
+
     import cad  # noqa: F401  (registers models and splits)
     from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
     from cad.data.mapper import CorruptImageError
