@@ -176,6 +176,7 @@ def _add_mask2former_config(cfg: CN) -> None:
     # Images are padded to a multiple of this (also applied to the backbone's own divisibility).
     mf.SIZE_DIVISIBILITY = 32
     # Detections per image of instance inference are TEST.DETECTIONS_PER_IMAGE (top-k of Q*K).
+
     # Points per mask for the matcher and the mask losses; PointRend importance sampling.
     mf.TRAIN_NUM_POINTS = 112 * 112
     mf.OVERSAMPLE_RATIO = 3.0

@@ -18,6 +18,23 @@ from cad.data.ssl_splits import register_by_name
 logger = logging.getLogger(__name__)
 
 
+def default_cfg() -> CfgNode:
+    """Detectron2's defaults with every cad key (`add_cad_config`), unfrozen."""
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    return cfg
+
+
+def is_config_key(cfg: CfgNode, key: str) -> bool:
+    """Whether the dotted `key` (e.g. MODEL.WEIGHTS) names a value or node of `cfg`."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def build_cfg(args: argparse.Namespace) -> CfgNode:
     """Defaults + cad keys + `--config-file` + `--train/test-dataset` + trailing overrides.
 
@@ -26,8 +43,7 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     unknown key, a value outside `cad.config.CHOICES`, an unregistered dataset name or a spec
     whose files are missing.
     """
-    cfg = get_cfg()
-    add_cad_config(cfg)
+    cfg = default_cfg()
     try:
         _merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(list(args.opts))
