@@ -1,6 +1,11 @@
 """SSL.PERCENTAGE and SSL.TRAIN_SSL on the official command line (GuidedDistillation train_net.py
-setup: `DATASETS.TRAIN[0] + f"_{SSL.PERCENTAGE}"`, and its splits named int(100/p) below 1 %)."""
+setup: `DATASETS.TRAIN[0] + f"_{SSL.PERCENTAGE}"`, and its splits named int(100/p) below 1 %),
+including the README's COCO DINOv2 0.4 % commands on a generated 250-image coco_2017_train."""
+import json
+import os
+
 import pytest
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from cad.data.ssl_splits import labeled_split_name, percentage_of, split_percentage
 from cad.engine.cli import run, train_argument_parser
@@ -8,6 +13,19 @@ from cad.engine.setup import build_cfg
 from conftest import REPO
 
 GD = REPO / "configs" / "GuidedDistillation"
+# The README's example uses the DINOv2 ViT-L config (configs/GuidedDistillation/coco/dinov2/
+# maskformer2_dinov2_large_bs16_50ep.yaml, Guided Distillation backbones work); the ViT-B one
+# shares its base, schedule and split handling.
+COCO_DINOV2 = GD / "coco" / "Base-DINOv2-teacher.yaml"
+TINY_DINOV2 = [
+    "CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1", "CAD.VIT.EMBED_DIM", "48", "CAD.VIT.NUM_HEADS", "2",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10", "MODEL.MASK_FORMER.NHEADS", "2", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "INPUT.IMAGE_SIZE", "64",
+    "SOLVER.IMS_PER_BATCH", "1", "SSL.IMS_PER_BATCH_UNLABELED", "1", "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+    "DATALOADER.NUM_WORKERS", "0", "CAD.NUM_THREADS", "1",
+]
 CITYSCAPES_R50 = GD / "cityscapes" / "instance-segmentation" / "maskformer2_R50_bs16_90k.yaml"
 COCO_R50 = GD / "coco" / "Base-R50-teacher.yaml"
 
@@ -63,3 +81,41 @@ def test_values_cad_cannot_honour_are_one_error_line(opts, message, capsys):
     assert run(["--config-file", str(COCO_R50), *opts]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: " + message) and "\n" not in err, err
+
+
+@pytest.fixture(scope="module")
+def coco_train2017(datasets_root):
+    """$DETECTRON2_DATASETS/coco: 250 train2017 records (the 16 generated tiny shapes images,
+    repeated) with COCO's 80 categories, so that 0.4 % of it is 1 labeled image."""
+    from detectron2.data import DatasetCatalog
+
+    DatasetCatalog.get("synthetic_shapes_tiny_train")  # generated on first use
+    tiny = json.loads((datasets_root / "synthetic" / "annotations" / "shapes_tiny_train.json").read_text())
+    coco = datasets_root / "coco"
+    (coco / "annotations").mkdir(parents=True, exist_ok=True)
+    if not (coco / "train2017").exists():
+        os.symlink(datasets_root / "synthetic" / "shapes_tiny_train", coco / "train2017")
+    images, annotations = [], []
+    for i in range(250):
+        src = tiny["images"][i % len(tiny["images"])]
+        images.append({**src, "id": i + 1})
+        for ann in tiny["annotations"]:
+            if ann["image_id"] == src["id"]:  # shape ids 1/2/3 are COCO's person/bicycle/car
+                annotations.append({**ann, "id": len(annotations) + 1, "image_id": i + 1})
+    categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
+    (coco / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return coco
+
+
+def test_readme_coco_dinov2_commands_at_0_4_percent(coco_train2017, tmp_path, capsys):
+    """The README's COCO DINOv2 commands (SSL.PERCENTAGE 250 = 0.4 %), tiny ViT, one process."""
+    common = ["--config-file", str(COCO_DINOV2), "SSL.PERCENTAGE", "250"]
+    assert run([*common, "SSL.TRAIN_SSL", "False", "OUTPUT_DIR", str(tmp_path / "teacher"), *TINY_DINOV2]) == 0
+    saved = (tmp_path / "teacher" / "config.yaml").read_text()
+    assert "coco_2017_train_0.4pct_seed0_labeled" in saved
+    split = json.loads((coco_train2017.parent / "ssl_splits" / "coco_2017_train_0.4pct_seed0.json").read_text())
+    assert len(split["labeled"]) == 1 and len(split["unlabeled"]) == 249  # floor(0.4 * 250 / 100)
+    assert run([*common, "SSL.TRAIN_SSL", "True", "SSL.TEACHER_CKPT", str(tmp_path / "teacher" / "model_final.pth"),
+                "OUTPUT_DIR", str(tmp_path / "student"), "SSL.BURNIN_ITER", "1", *TINY_DINOV2]) == 0, capsys.readouterr().err[-2000:]
+    assert (tmp_path / "student" / "model_final.pth").is_file()

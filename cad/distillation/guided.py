@@ -17,9 +17,9 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.checkpoint import Checkpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
-from detectron2.checkpoint import Checkpointer
 from detectron2.engine import SimpleTrainer
 from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
@@ -89,7 +89,7 @@ class TeacherStudent(nn.Module):
         self.modelTeacher.requires_grad_(False)
 
     def member(self, who: str) -> nn.Module:
-        """"student" or "teacher"."""
+        """The member `who` names: "student" or "teacher"."""
         return self.modelStudent if who == "student" else self.modelTeacher
 
     def forward(self, batched_inputs):
