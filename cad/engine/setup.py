@@ -209,7 +209,8 @@ def check_teacher_checkpoint(cfg: CfgNode, eval_only: bool = False, resume: bool
         return
     path = cfg.SSL.TEACHER_CKPT
     if not path:
-        raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True) needs the stage-1 checkpoint, pass SSL.TEACHER_CKPT PATH")
+        raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True, the default) needs the stage-1 "
+                          "checkpoint, pass SSL.TEACHER_CKPT PATH (stage 1: SSL.TRAIN_SSL False)")
     if "://" not in path and not os.path.isfile(path):
         raise ConfigError(f"SSL.TEACHER_CKPT '{path}' not found: train stage 1 first (it writes model_final.pth) or pass SSL.TEACHER_CKPT PATH")
 
