@@ -159,3 +159,12 @@ def test_tta_with_one_view_is_the_models_own_inference():
     assert torch.allclose(plain.scores[order_p], tta.scores[order_t], atol=1e-5)
     assert torch.equal(plain.pred_classes[order_p][:5], tta.pred_classes[order_t][:5])
     assert (plain.pred_masks[order_p][:5] != tta.pred_masks[order_t][:5]).float().mean() < 1e-3
+
+
+def test_tta_of_other_models_is_refused():
+    from cad.engine.trainer import CadTrainer
+
+    cfg = get_cfg()
+    add_cad_config(cfg)  # META_ARCHITECTURE GeneralizedRCNN
+    with pytest.raises(ConfigError, match="implemented for Mask2Former, not GeneralizedRCNN"):
+        CadTrainer.with_test_time_augmentation(cfg, nn.Module())
