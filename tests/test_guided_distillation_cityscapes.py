@@ -3,6 +3,7 @@ labeled lists, CityscapesInstanceEvaluator, and the README's example commands on
 Cityscapes-layout split (registration -> stage 1 -> stage 2 -> evaluation)."""
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,9 @@ def cityscapes_root(datasets_root):
     lists.mkdir(parents=True, exist_ok=True)
     for pct, indices in LISTED.items():
         (lists / f"perc_{pct}.txt").write_text("".join(f"{image_stem(i)}_gtFine_instanceIds.png\n" for i in indices))
-    return datasets_root
+    yield datasets_root
+    for folder in ("cityscapes", "data_splits"):  # the suite's other tests see no Cityscapes under the shared root
+        shutil.rmtree(datasets_root / folder)
 
 
 def test_official_lists_partition_the_train_split(cityscapes_root, caplog):

@@ -3,6 +3,7 @@ setup: `DATASETS.TRAIN[0] + f"_{SSL.PERCENTAGE}"`, and its splits named int(100/
 including the README's COCO DINOv2 0.4 % commands on a generated 250-image coco_2017_train."""
 import json
 import os
+import shutil
 
 import pytest
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -105,7 +106,9 @@ def coco_train2017(datasets_root):
     categories = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
     (coco / "annotations" / "instances_train2017.json").write_text(
         json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return coco
+    yield coco
+    shutil.rmtree(coco)  # the suite's other tests see no COCO under the shared root
+    (datasets_root / "ssl_splits" / "coco_2017_train_0.4pct_seed0.json").unlink()
 
 
 def test_readme_coco_dinov2_commands_at_0_4_percent(coco_train2017, tmp_path, capsys):
