@@ -23,7 +23,7 @@ from cad.evaluation.build import build_evaluator
 from conftest import REPO
 
 CITYSCAPES = REPO / "configs" / "GuidedDistillation" / "cityscapes"
-R50 = CITYSCAPES / "instance-segmentation" / "maskformer2_R50_bs16_90k.yaml"
+R50 = CITYSCAPES / "maskformer2_R50_bs16_90k.yaml"
 LISTED = {5: (0, 3, 5), 10: (1, 2, 4, 6)}  # images of the generated train split in perc_{5,10}.txt
 TINY = [
     "MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",

@@ -27,7 +27,7 @@ TINY_DINOV2 = [
     "SOLVER.IMS_PER_BATCH", "1", "SSL.IMS_PER_BATCH_UNLABELED", "1", "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
     "DATALOADER.NUM_WORKERS", "0", "CAD.NUM_THREADS", "1",
 ]
-CITYSCAPES_R50 = GD / "cityscapes" / "instance-segmentation" / "maskformer2_R50_bs16_90k.yaml"
+CITYSCAPES_R50 = GD / "cityscapes" / "maskformer2_R50_bs16_90k.yaml"
 COCO_R50 = GD / "coco" / "Base-R50-teacher.yaml"
 
 
