@@ -65,10 +65,12 @@ def member_state(model: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, to
 
 
 def eval_member(cfg) -> str:
-    """The member `--eval-only` evaluates: SSL.EVAL_WHO "student" (official default) or "teacher"."""
+    """The member a stage-2 file loads into one model: SSL.EVAL_WHO "student" (official default)
+    or "teacher" (`GuidedDistillationTrainer.evaluate` loads each member for "both")."""
     who = str(cfg.SSL.EVAL_WHO if cfg is not None else "student").lower()
     if who not in ("student", "teacher"):
-        raise CheckpointLayoutError(f"SSL.EVAL_WHO must be 'student' or 'teacher', got {who!r}")
+        raise CheckpointLayoutError(f"a stage-2 checkpoint loads into one model here: SSL.EVAL_WHO must be "
+                                    f"STUDENT or TEACHER, got {cfg.SSL.EVAL_WHO!r}")
     return STUDENT if who == "student" else TEACHER
 
 
