@@ -188,7 +188,7 @@ def test_dinov2_large_0_4pct_configs():
         assert cfg.MODEL.BACKBONE.NAME == "DinoV2LargeBackbone" and cfg.DATASETS.TRAIN == ("coco_2017_train_0.4pct_seed0_labeled",)
         assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES) == (368750, 0.0001, 100)
     assert not teacher.SSL.TRAIN_SSL and student.SSL.TRAIN_SSL
-    assert student.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert student.SSL.LABELED_SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ GD = REPO / "configs" / "GuidedDistillation"
 # The README's example uses the DINOv2 ViT-L config (configs/GuidedDistillation/coco/dinov2/
 # maskformer2_dinov2_large_bs16_50ep.yaml, Guided Distillation backbones work); the ViT-B one
 # shares its base, schedule and split handling.
-COCO_DINOV2 = GD / "coco" / "Base-DINOv2-teacher.yaml"
+COCO_DINOV2 = GD / "coco" / "dinov2" / "maskformer2_dinov2_large_bs16_50ep.yaml"
 TINY_DINOV2 = [
     "CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1", "CAD.VIT.EMBED_DIM", "48", "CAD.VIT.NUM_HEADS", "2",
     "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
