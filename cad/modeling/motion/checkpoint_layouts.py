@@ -12,6 +12,10 @@ epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
 - ``xmod_3d``: xMOD's 3D file (4 input channels); it initialises the XMOD meta-architecture's 3D
   network through CAD.MOTION.WEIGHTS_3D, next to a 2D file in MODEL.WEIGHTS (xMOD's trainer takes
   checkpoint_path_2d and checkpoint_path_3d the same way).
+- ``diod_dinov2``: DIOD_DINOv2's file (trainPD_ts_dino.py / trainKITTI_ts_dinov2.py; xMOD's
+  dino_v2/ scripts are copies and save the same): `encoder_cnn.dinov2_backbone.*` (the torch.hub
+  dinov2_vits14 state dict, frozen, saved with the rest) instead of `encoder_cnn.resnet.*`; it
+  initialises CAD.MOTION.ENCODER "vit" with CAD.VIT.ARCH dinov2_vits14.
 
 `to_cad` returns the full state dict of cad's DIOD / XMOD model: each network's weights go to
 both the student and the EMA teacher (DIOD's TS run and xMOD's `_load_teacher_checkpoints` load
@@ -26,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from detectron2.utils.file_io import PathManager
 
+from cad.backbones.vit import from_official_state_dict
 from cad.checkpoint.layouts import Layout, StateDict, register_layout
 from cad.modeling.motion.networks import feature_size, position_grid
 
@@ -52,7 +57,11 @@ _RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
 _GRID = "encoder_cnn.encoder_pos.grid"
 # registered only when the official model is built on the CPU; its forward never reads them
 _UNUSED = ("slot_attention.slots_mu", "slot_attention.slots_sigma")
-_CONV1 = "encoder_cnn.resnet.conv1.weight"
+# the first layer of each official encoder: CAD.MOTION.ENCODER -> key
+_FIRST = {"resnet": "encoder_cnn.resnet.conv1.weight", "vit": "encoder_cnn.dinov2_backbone.patch_embed.proj.weight"}
+_VIT = "encoder_cnn.dinov2_backbone."
+# DIOD_DINOv2 models/model_bg_dinov2.Encoder: torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14')
+OFFICIAL_VIT = "dinov2_vits14"
 
 
 def official_state(obj: Any) -> Optional[StateDict]:
@@ -62,23 +71,35 @@ def official_state(obj: Any) -> Optional[StateDict]:
     sd = obj["model_state_dict"]
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    if not isinstance(sd.get(_CONV1), torch.Tensor) or sd[_CONV1].dim() != 4:
-        return None
-    return sd
+    return sd if _encoder(sd) else None
 
 
-def _in_channels(obj: Any) -> int:
+def _encoder(sd: StateDict) -> Optional[str]:
+    """"resnet" or "vit" (the official encoder whose first layer `sd` holds), else None."""
+    for name, key in _FIRST.items():
+        if isinstance(sd.get(key), torch.Tensor) and sd[key].dim() == 4:
+            return name
+    return None
+
+
+def _kind(obj: Any) -> Tuple[Optional[str], int]:
+    """(encoder, input channels) of an official file object; (None, -1) for anything else."""
     sd = official_state(obj)
-    return -1 if sd is None else int(sd[_CONV1].shape[1])
+    if sd is None:
+        return None, -1
+    encoder = _encoder(sd)
+    return encoder, int(sd[_FIRST[encoder]].shape[1])
 
 
 def official_to_cad(sd: StateDict) -> StateDict:
     """Rename one official `SlotAttentionAutoEncoder` state dict (no `module.`) to cad's
-    `SlotVideoNet` names. The position-grid buffer is checked against `position_grid` and dropped
+    `SlotVideoNet` names; DIOD_DINOv2's `dinov2_backbone` goes to `encoder.vit` in timm's names
+    (cad.backbones.vit). The position-grid buffer is checked against `position_grid` and dropped
     (cad computes it); unknown keys raise ValueError."""
-    out = {}
+    vit = {k[len(_VIT):]: v for k, v in sd.items() if k.startswith(_VIT)}
+    out = {f"encoder.vit.{k}": v for k, v in from_official_state_dict(vit, OFFICIAL_VIT).items()} if vit else {}
     for key, value in sd.items():
-        if key in _UNUSED:
+        if key in _UNUSED or key.startswith(_VIT):
             continue
         if key == _GRID:
             _, h, w, _ = value.shape
@@ -95,12 +116,17 @@ def official_to_cad(sd: StateDict) -> StateDict:
     return out
 
 
-def _check_cfg(cfg) -> None:
+def _check_cfg(cfg, encoder: str) -> None:
     m = cfg.CAD.MOTION
-    wrong = [f"{k} {getattr(m, k)} (official: {v})" for k, v in
-             (("TOKEN_NORM", "joint"), ("QKV_BIAS", True), ("ENCODER_NORM", "BN")) if getattr(m, k) != v]
+    need = [("CAD.MOTION.TOKEN_NORM", m.TOKEN_NORM, "joint"), ("CAD.MOTION.QKV_BIAS", m.QKV_BIAS, True),
+            ("CAD.MOTION.ENCODER", m.ENCODER, encoder)]
+    if encoder == "resnet":
+        need.append(("CAD.MOTION.ENCODER_NORM", m.ENCODER_NORM, "BN"))
+    else:
+        need.append(("CAD.VIT.ARCH", cfg.CAD.VIT.ARCH, OFFICIAL_VIT))
+    wrong = [f"{key} {value} (official: {official})" for key, value, official in need if value != official]
     if wrong:
-        raise ValueError("an official DIOD/xMOD checkpoint needs the official network; CAD.MOTION has " + ", ".join(wrong))
+        raise ValueError("an official DIOD/xMOD checkpoint needs the official network: " + ", ".join(wrong))
 
 
 def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
@@ -120,9 +146,10 @@ def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
 
 
 def _network(obj: Any, cfg, source: str) -> StateDict:
-    net = official_to_cad(official_state(obj))
+    sd = official_state(obj)
+    net = official_to_cad(sd)
     if cfg is not None:
-        _check_cfg(cfg)
+        _check_cfg(cfg, _encoder(sd))
         net = _fit_resolution(net, cfg, source)
     return net
 
@@ -144,13 +171,13 @@ def _load_3d(cfg) -> StateDict:
         obj = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  any reader failure: not a checkpoint, or cut short
         raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' cannot be read as a checkpoint ({type(e).__name__})") from e
-    if _in_channels(obj) != 4:
+    if _kind(obj) != ("resnet", 4):
         raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' is not an xMOD 3D checkpoint (epoch_*_3d.ckpt)")
     return _network(obj, cfg, path)
 
 
 def rgb_to_cad(obj: Any, cfg) -> StateDict:
-    """A 3-channel official file (DIOD, xMOD 2D) -> the full DIOD or XMOD state dict."""
+    """A 3-channel official file (DIOD, xMOD 2D, DIOD_DINOv2) -> the full DIOD or XMOD state dict."""
     arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "DIOD"
     out = _student_and_teacher("2d", _network(obj, cfg, "MODEL.WEIGHTS"))
     if arch == "XMOD":
@@ -168,11 +195,14 @@ def range_to_cad(obj: Any, cfg) -> StateDict:
 
 LAYOUTS: Dict[str, Layout] = {
     layout.name: register_layout(layout) for layout in (
-        Layout("diod", lambda o: _in_channels(o) == 3 and "epoch" not in o, rgb_to_cad,
+        Layout("diod", lambda o: _kind(o) == ("resnet", 3) and "epoch" not in o, rgb_to_cad,
                "DIOD trainPD_ts.py / trainKITTI_ts.py {'model_state_dict': DataParallel state dict} (student only)"),
-        Layout("xmod_2d", lambda o: _in_channels(o) == 3 and "epoch" in o, rgb_to_cad,
+        Layout("xmod_2d", lambda o: _kind(o) == ("resnet", 3) and "epoch" in o, rgb_to_cad,
                "xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)"),
-        Layout("xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
+        Layout("xmod_3d", lambda o: _kind(o) == ("resnet", 4), range_to_cad,
                "xMOD epoch_*_3d.ckpt (4-channel range network): use as CAD.MOTION.WEIGHTS_3D"),
+        Layout("diod_dinov2", lambda o: _kind(o) == ("vit", 3), rgb_to_cad,
+               "DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py (xMOD dino_v2/ alike) {'model_state_dict': "
+               "DataParallel state dict with the dinov2_vits14 backbone} (student only)"),
     )
 }
