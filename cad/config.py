@@ -56,7 +56,8 @@ def _add_runtime_config(cfg: CN) -> None:
 def _add_vit_config(cfg: CN) -> None:
     # DINO/DINOv2 ViT backbones (cad/backbones/d2_backbone.py: build_vit_backbone, build_vit_sfp_backbone).
     cfg.CAD.VIT = CN()
-    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg]).
+    # Architecture, named as the official torch.hub entry (dino_vits16, ..., dinov2_vitl14[_reg],
+    # deit_base_patch16_384) or pytorch_pretrained_vit's (B_16, L_16); cad/backbones/vit.py VIT_ARCHS.
     cfg.CAD.VIT.ARCH = "dino_vits16"
     # Official checkpoint file; "" = $TORCH_HOME/hub/checkpoints/<official name>; "random" = random init.
     cfg.CAD.VIT.WEIGHTS = ""
@@ -199,6 +200,42 @@ def _add_mask2former_config(cfg: CN) -> None:
     # Mask2Former's parameter groups (with SOLVER.OPTIMIZER): backbone LR factor, no decay on embeddings.
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    _add_swin_config(cfg)
+
+
+def _add_swin_config(cfg: CN) -> None:
+    """Swin backbone `D2SwinTransformer` (cad/backbones/swin.py); names and defaults of the official
+    add_maskformer2_config."""
+    swin = cfg.MODEL.SWIN = CN()
+    # Pre-training image size (sets the grid of the absolute position embedding, APE only).
+    swin.PRETRAIN_IMG_SIZE = 224
+    # Side of the square patches of the patch embedding.
+    swin.PATCH_SIZE = 4
+    # Channels of stage 1 (stage i has EMBED_DIM * 2^i).
+    swin.EMBED_DIM = 96
+    # Blocks per stage and attention heads per stage.
+    swin.DEPTHS = [2, 2, 6, 2]
+    swin.NUM_HEADS = [3, 6, 12, 24]
+    # Side of the attention windows (shifted by WINDOW_SIZE // 2 in every second block).
+    swin.WINDOW_SIZE = 7
+    # MLP hidden width / channels.
+    swin.MLP_RATIO = 4.0
+    # Biases of the q/k/v projection; QK_SCALE overrides head_dim ** -0.5 when set.
+    swin.QKV_BIAS = True
+    swin.QK_SCALE = None
+    # Dropout after the projections and MLP, dropout of the attention weights.
+    swin.DROP_RATE = 0.0
+    swin.ATTN_DROP_RATE = 0.0
+    # Stochastic depth, rising linearly from 0 to this over all blocks.
+    swin.DROP_PATH_RATE = 0.3
+    # Absolute position embedding added after the patch embedding (bicubic-resized to the input).
+    swin.APE = False
+    # LayerNorm after the patch embedding.
+    swin.PATCH_NORM = True
+    # Outputs among res2..res5 (strides 4..32).
+    swin.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Gradient checkpointing of the blocks (saves memory, costs a second forward).
+    swin.USE_CHECKPOINT = False
 
 
 def _add_ssl_config(cfg: CN) -> None:
@@ -252,6 +289,7 @@ CHOICES = {
     "CAD.MOTION.TEACHER_BN_STATS": ("batch", "running"),
     "CAD.MOTION.EVAL_NET": ("student", "teacher"),
     "CAD.MOTION.XMOD_EVAL_OUTPUT": ("fused", "2d", "3d"),
+    "CAD.MOTION.SUPERVISION": ("est", "moving", "all"),
 }
 
 
@@ -301,6 +339,14 @@ def _add_motion_config(cfg: CN) -> None:
     m.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
     m.GRAYSCALE_PROB = 0.2
     m.SOLARIZE_PROB = 0.2
+    # Training masks (DIOD trainPD_ts.py / xMOD train.py --supervision): "est" (estimated motion
+    # masks: TRI-PD est_masks/, KITTI image_0X/raft_seg/), "moving" (TRI-PD moving_masks/, the
+    # ground-truth moving objects) or "all" (TRI-PD ari_masks/, every object). KITTI has "est" only.
+    m.SUPERVISION = "est"
+    # Training length in epochs of the training split, as the official scripts count them
+    # (DataLoader drop_last: an epoch = floor(camera videos / SOLVER.IMS_PER_BATCH) iterations);
+    # 0 = SOLVER.MAX_ITER. When > 0, SOLVER.MAX_ITER is set from it when training starts (logged).
+    m.EPOCHS = 0
     # Motion-mask ids with fewer pixels than this (at input size) become background (TRI-PD: 50).
     m.MIN_MASK_AREA = 50
     # Frame encoder of the RGB network: "resnet" (DIOD models/resnet.py, ResNet-18 from scratch) or
@@ -361,6 +407,9 @@ def _add_motion_config(cfg: CN) -> None:
     m.MIN_PSEUDO_AREA = 10
     # Learning rate halves every this many iterations (DIOD: 0.5^(step/50000), warmup via SOLVER.WARMUP_ITERS).
     m.LR_HALF_LIFE = 50000
+    # The decay applies during the warmup too (DIOD trainPD_ts.py); False: linear warmup, then the
+    # decay (xMOD train/trainer._update_learning_rate).
+    m.LR_DECAY_IN_WARMUP = True
     # Which network --eval-only and in-training evaluation use: "student" or "teacher".
     m.EVAL_NET = "student"
     # F1@50 IoU threshold; strict ">" as DIOD (False: ">=" as xMOD); min GT objects for a clip's ARI.
@@ -372,12 +421,17 @@ def _add_motion_config(cfg: CN) -> None:
     m.RECON_3D_WEIGHT = 1.0
     m.FUSION_IOU = 0.1
     m.XMOD_EVAL_OUTPUT = "fused"
+    # Write every evaluated frame's slot masks (xMOD eval/main_evaluation.py --save_predictions) to
+    # OUTPUT_DIR/inference/<split>/predictions/<video>/<frame>.npz ('data': float [K, h, w]; the
+    # fused binary masks for XMOD_EVAL_OUTPUT fused).
+    m.SAVE_PREDICTIONS = False
     # xMOD 3D augmentation: point-drop fraction and x/y/z jitter (xMOD PD: 0.4/0.4; KITTI: 0.1/0).
     m.POINT_DROP_PROB = 0.4
     m.POINT_JITTER_PROB = 0.4
-    # xMOD from official files: MODEL.WEIGHTS is the 2D checkpoint (DIOD's file or xMOD's
-    # epoch_*_2d.ckpt) and this is the 3D one (xMOD epoch_*_3d.ckpt), as xMOD's trainer takes
-    # checkpoint_path_2d and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
+    # xMOD step 3 (XMOD from two files): MODEL.WEIGHTS is the 2D checkpoint (DIOD's file, xMOD's
+    # epoch_*_2d.ckpt or cad's DIOD model_final.pth) and this is the 3D one (xMOD's epoch_*_3d.ckpt
+    # or cad's DIOD3D model_final.pth, xMOD steps 1-2), as xMOD's trainer takes checkpoint_path_2d
+    # and checkpoint_path_3d (train/trainer._load_teacher_checkpoints).
     m.WEIGHTS_3D = ""
     # Official checkpoint trained at another INPUT_SIZE (DIOD's KITTI run starts from the TRI-PD
     # model; trainKITTI_ts.py load_model skips the shape-mismatched tensors): True re-initialises

@@ -150,16 +150,17 @@ def test_xmod_with_the_vit_encoder_keeps_a_resnet_for_the_range_image():
     assert isinstance(net.students["2d"].encoder, ViTEncoder) and isinstance(net.students["3d"].encoder, Encoder)
 
 
-@pytest.mark.parametrize("name,size,weights,max_iter,teacher_start,reset", [
-    ("diod_dinov2_tri_pd_burn_in.yaml", (490, 980), "", 75000, -1, False),
-    ("diod_dinov2_tri_pd_ts.yaml", (490, 980), "output/diod_dinov2_tri_pd_burn_in/model_final.pth", 75000, 0, False),
-    ("diod_dinov2_kitti_ts.yaml", (378, 1260), "checkpoints/DIODPD_500_dinov2.ckpt", 7200, 0, True),
+@pytest.mark.parametrize("name,size,weights,epochs,teacher_start,reset", [
+    ("diod_dinov2_tri_pd_burn_in.yaml", (490, 980), "", 500, -1, False),
+    ("diod_dinov2_tri_pd_ts.yaml", (490, 980), "output/diod_dinov2_tri_pd_burn_in/model_final.pth", 500, 0, False),
+    ("diod_dinov2_kitti_ts.yaml", (378, 1260), "checkpoints/DIODPD_500_dinov2.ckpt", 200, 0, True),
 ])
-def test_dinov2_configs_are_the_official_ones(name, size, weights, max_iter, teacher_start, reset):
+def test_dinov2_configs_are_the_official_ones(name, size, weights, epochs, teacher_start, reset):
     """DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py: resolution (490, 980) / (378, 1260),
     frozen dinov2_vits14, last 4 blocks, ImageNet mean/std on the BGR frames, 45 slots of 64, Adam
-    5e-4 with 3000 warmup steps and 0.5^(step/50000), clip 1, batch 8, weights mask 1 / NLL 1 /
-    reg 0.3 / teacher 1, EMA 0.996, confidence 0.9, seed 0; PD 500 epochs, KITTI 200 from the PD model."""
+    5e-4 with 3000 warmup steps and 0.5^(step/50000) (decaying during the warmup too), clip 1, batch 8,
+    weights mask 1 / NLL 1 / reg 0.3 / teacher 1, EMA 0.996, confidence 0.9, seed 0, --supervision est;
+    PD 500 epochs, KITTI 200 from the PD model."""
     cfg = get_cfg()
     add_cad_config(cfg)
     cfg.merge_from_file(str(REPO / "configs" / "DIOD" / name))
@@ -169,10 +170,11 @@ def test_dinov2_configs_are_the_official_ones(name, size, weights, max_iter, tea
     assert (m.INPUT_FORMAT, m.PIXEL_MEAN, m.PIXEL_STD) == ("BGR", IMAGENET_MEAN, IMAGENET_STD)
     assert (m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN) == (
         "joint", True, 0, "official", 45, 64, 128)
-    assert (s.BASE_LR, s.WARMUP_ITERS, m.LR_HALF_LIFE, s.CLIP_GRADIENTS.CLIP_VALUE, s.IMS_PER_BATCH) == (5e-4, 3000, 50000, 1.0, 8)
+    assert (s.BASE_LR, s.WARMUP_ITERS, m.LR_HALF_LIFE, m.LR_DECAY_IN_WARMUP, s.CLIP_GRADIENTS.CLIP_VALUE, s.IMS_PER_BATCH) == (
+        5e-4, 3000, 50000, True, 1.0, 8)
     assert (m.MASK_WEIGHT, m.NLL_WEIGHT, m.REG_WEIGHT, m.TEACHER_WEIGHT, m.RECON_WEIGHT) == (1.0, 1.0, 0.3, 1.0, 1.0)
     assert (m.EMA_KEEP_RATE, m.CONF_THRESH, m.CLIP_LENGTH, m.CROP_PROB, m.FLIP_PROB, m.CROP_SCALE, cfg.SEED) == (
         0.996, 0.9, 5, 0.4, 0.4, (0.75, 1.0), 0)
     assert (m.COLOR_JITTER, m.COLOR_JITTER_PROB, m.GRAYSCALE_PROB, m.SOLARIZE_PROB) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.2)
-    assert (tuple(m.INPUT_SIZE), cfg.MODEL.WEIGHTS, s.MAX_ITER, m.TEACHER_START_ITER, m.RESET_RESOLUTION_TIED) == (
-        size, weights, max_iter, teacher_start, reset)
+    assert (tuple(m.INPUT_SIZE), cfg.MODEL.WEIGHTS, m.EPOCHS, m.SUPERVISION, m.TEACHER_START_ITER, m.RESET_RESOLUTION_TIED) == (
+        size, weights, epochs, "est", teacher_start, reset)

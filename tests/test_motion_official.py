@@ -15,7 +15,7 @@ from detectron2.config import get_cfg
 from cad.checkpoint import find_layout
 from cad.checkpoint.loader import CheckpointError, load_checkpoint
 from cad.config import add_cad_config
-from cad.modeling.motion.meta_arch import DIOD, XMOD
+from cad.modeling.motion.meta_arch import DIOD, DIOD3D, XMOD
 from cad.modeling.motion.networks import bn_batch_statistics
 
 torch.set_num_threads(1)
@@ -216,7 +216,7 @@ def official_cfg(arch: str = "DIOD", size=SIZE):
 def load_official(cfg, path: Path):
     """The official file at `path` through cad's loader (layout recognition, strict load)."""
     layout = find_layout(torch.load(path, map_location="cpu", weights_only=True))
-    model = {"DIOD": DIOD, "XMOD": XMOD}[cfg.MODEL.META_ARCHITECTURE](cfg)
+    model = {"DIOD": DIOD, "DIOD3D": DIOD3D, "XMOD": XMOD}[cfg.MODEL.META_ARCHITECTURE](cfg)
     load_checkpoint(model, str(path), cfg)
     return layout, model.eval()
 
@@ -308,6 +308,57 @@ def test_xmod_2d_and_3d_files_load_into_xmod_and_match_the_official_equations(tm
     torch.testing.assert_close(recon3.reshape(ref3["recon"].shape), ref3["recon"], rtol=1e-4, atol=1e-4)
 
 
+def test_xmod_3d_file_is_diod3d_weights_and_matches_the_official_equations(tmp_path):
+    """xMOD's epoch_*_3d.ckpt as MODEL.WEIGHTS of the 3D-only DIOD3D (xMOD 3d_ts initialisation and
+    main_evaluation.py --evaluation_mode 3d): no 2D file needed, the official 3D forward reproduced."""
+    sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 11)
+    f3 = official_file(sd3, tmp_path / "epoch_299_3d.ckpt", 299)
+    layout, model = load_official(official_cfg("DIOD3D"), f3)
+    assert layout.name == "xmod_3d" and set(model.students) == {"3d"} and not bool(model.distilling)
+    g = torch.Generator().manual_seed(12)
+    rng = torch.rand(2, T, 4, *SIZE, generator=g) * (torch.rand(2, T, 1, *SIZE, generator=g) > 0.5)
+    ref = official_forward(sd3, rng, final_kernel=4)
+    with torch.no_grad():
+        out = model([{"range": r} for r in rng])
+    for i in range(2):
+        torch.testing.assert_close(out[i]["masks"], ref["masks"][i], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot initialise MODEL.META_ARCHITECTURE DIOD3D"):
+        obj2 = torch.load(official_file(random_official_state(official_shapes(DIM, SLOTS, SIZE), 13), tmp_path / "a.ckpt"), weights_only=True)
+        find_layout(obj2).to_cad(obj2, official_cfg("DIOD3D"))
+
+
+def test_xmod_step3_from_cad_files(tmp_path):
+    """XMOD (xMOD step 3) from cad's DIOD model_final.pth (layout cad_diod) with CAD.MOTION.WEIGHTS_3D
+    = cad's DIOD3D model_final.pth: every tensor comes from those files, and `distilling` is False so
+    that the trainer copies the students into the teachers (as xMOD loads both from its files)."""
+    def cfg_of(arch):
+        cfg = official_cfg(arch)
+        cfg.CAD.MOTION.ENCODER_WIDTH = 4  # cad's files need not be the official width
+        return cfg
+
+    torch.manual_seed(0)
+    diod, diod3d = DIOD(cfg_of("DIOD")), DIOD3D(cfg_of("DIOD3D"))
+    diod.distilling.fill_(True)  # a self-distilled DIOD file
+    for net in (diod, diod3d):
+        for p in net.teachers.parameters():
+            p.data.add_(1.0)  # teachers differ from students
+    torch.save({"model": diod.state_dict(), "iteration": 5}, tmp_path / "diod.pth")
+    torch.save({"model": diod3d.state_dict(), "iteration": 5}, tmp_path / "diod3d.pth")
+    cfg = cfg_of("XMOD")
+    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "diod3d.pth")
+    layout, model = load_official(cfg, tmp_path / "diod.pth")
+    assert layout.name == "cad_diod" and not bool(model.distilling)
+    state = model.state_dict()
+    for k, v in [*diod.state_dict().items(), *diod3d.state_dict().items()]:
+        if k != "distilling":
+            assert torch.equal(state[k], v), k
+    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "diod.pth")  # a 2D-only cad file
+    with pytest.raises(CheckpointError, match="is neither an xMOD 3D checkpoint"):
+        load_official(cfg, tmp_path / "diod.pth")
+    with pytest.raises(CheckpointError, match="not MODEL.META_ARCHITECTURE DIOD3D"):
+        load_official(cfg_of("DIOD3D"), tmp_path / "diod.pth")
+
+
 def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     sd = random_official_state(official_shapes(DIM, SLOTS, SIZE), 8)
     sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 9)
@@ -315,11 +366,11 @@ def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     obj3 = torch.load(official_file(sd3, tmp_path / "b.ckpt", 1), weights_only=True)
     with pytest.raises(ValueError, match="CAD.MOTION.WEIGHTS_3D"):
         find_layout(obj3).to_cad(obj3, official_cfg())
-    with pytest.raises(ValueError, match="needs xMOD's 3D checkpoint in CAD.MOTION.WEIGHTS_3D"):
+    with pytest.raises(ValueError, match="also needs the 3D one in CAD.MOTION.WEIGHTS_3D"):
         find_layout(obj).to_cad(obj, official_cfg("XMOD"))
     cfg = official_cfg("XMOD")
     cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "a.ckpt")  # a 2D file
-    with pytest.raises(ValueError, match="is not an xMOD 3D checkpoint"):
+    with pytest.raises(ValueError, match="is neither an xMOD 3D checkpoint"):
         find_layout(obj).to_cad(obj, cfg)
     cfg = official_cfg()
     cfg.CAD.MOTION.TOKEN_NORM, cfg.CAD.MOTION.QKV_BIAS = "token", False
@@ -374,3 +425,47 @@ def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(nam
     got = (m.INPUT_FORMAT, m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.TEACHER_BN_STATS, m.ENCODER_NORM)
     assert got == (("BGR", "joint", True, 0, "official", "batch", "BN") if official else ("RGB", "token", False, 3, "cad", "running", "GN"))
     assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == (0.5,) * 3 and m.PIXEL_STD == (0.5,) * 3
+
+
+# xMOD's cfgs/*.yaml (commit 072f78a), as written there; mode -> (meta-architecture, TEACHER_START_ITER)
+XMOD_CFGS = {
+    "xmod_kitti_3d_burn_in": dict(dataset="kitti", mode="3d_burn_in", num_epochs=300, weight_recon=100.0, weight_reg=0.3,
+                                  p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_kitti_3d_ts": dict(dataset="kitti", mode="3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                             p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_tri_pd_3d_burn_in": dict(dataset="pd", mode="3d_burn_in", num_epochs=300, weight_recon=100.0, weight_reg=0.3,
+                                   p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+    "xmod_tri_pd_3d_ts": dict(dataset="pd", mode="3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                              p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+    "xmod_kitti": dict(dataset="kitti", mode="2d_3d_ts", num_epochs=100, weight_recon=1.0, weight_mask=2.0, weight_reg=0.4,
+                       p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_tri_pd": dict(dataset="pd", mode="2d_3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                        p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+}
+XMOD_COMMON = dict(batch_size=4, learning_rate=0.0005, warmup_steps=3000, decay_steps=50000, num_slots=45, hid_dim=64, seed=0,
+                   weight_mask=1.0, weight_nll=1.0, supervision="est")
+
+
+@pytest.mark.parametrize("name", sorted(XMOD_CFGS))
+def test_xmod_configs_equal_the_official_cfgs(name):
+    """cad's xMOD configs hold xMOD's cfgs/*.yaml values (train/train.py keys -> cad keys). The 3D modes
+    never crop (transforms_3d has no crop: the cfgs' p_crop is unused there)."""
+    o = {**XMOD_COMMON, **XMOD_CFGS[name]}
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file(str(Path(__file__).parents[1] / "configs" / "xMOD" / f"{name}.yaml"))
+    m, s = cfg.CAD.MOTION, cfg.SOLVER
+    arch, start = {"3d_burn_in": ("DIOD3D", -1), "3d_ts": ("DIOD3D", 0), "2d_3d_ts": ("XMOD", 0)}[o["mode"]]
+    assert (cfg.MODEL.META_ARCHITECTURE, m.TEACHER_START_ITER, m.EPOCHS) == (arch, start, o["num_epochs"])
+    assert (s.IMS_PER_BATCH, s.BASE_LR, s.WARMUP_ITERS, m.LR_HALF_LIFE, m.LR_DECAY_IN_WARMUP) == (
+        o["batch_size"], o["learning_rate"], o["warmup_steps"], o["decay_steps"], False)
+    assert (m.NUM_SLOTS, m.SLOT_DIM, cfg.SEED, m.SUPERVISION) == (o["num_slots"], o["hid_dim"], o["seed"], o["supervision"])
+    assert (m.RECON_WEIGHT, m.MASK_WEIGHT, m.NLL_WEIGHT, m.REG_WEIGHT, m.RECON_3D_WEIGHT) == (
+        o["weight_recon"], o["weight_mask"], o["weight_nll"], o["weight_reg"], 1.0)
+    crop = o["p_crop"] if o["mode"] == "2d_3d_ts" else 0.0
+    assert (m.CROP_PROB, m.FLIP_PROB, m.POINT_DROP_PROB, m.POINT_JITTER_PROB) == (crop, o["p_flip"], o["p_drop"], o["p_jitter"])
+    assert tuple(m.INPUT_SIZE) == {"kitti": (368, 1248), "pd": (480, 968)}[o["dataset"]]
+    previous = {"3d_ts": "3d_burn_in", "2d_3d_ts": "3d_ts"}.get(o["mode"])
+    if previous:  # each step starts from the previous one's output (checkpoint_path_3d)
+        weights = cfg.MODEL.WEIGHTS if arch == "DIOD3D" else m.WEIGHTS_3D
+        assert weights == f"output/{name.split('_3d')[0]}_{previous}/model_final.pth"

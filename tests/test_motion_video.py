@@ -34,7 +34,7 @@ def test_comparison_video_of_generated_clips_decodes_to_the_composed_frames(tmp_
     mapper = MotionClipMapper(cfg, is_train=False)
     results = []
     for start in (3, 0):  # out of order: the writer sorts a video's clips by start
-        inp = mapper({**video, "clip_start": start, "clip_length": 3, "gt_masks": video["motion_masks"]})
+        inp = mapper({**video, "clip_start": start, "clip_length": 3})
         masks = F.one_hot(inp["gt_masks"].clamp(max=6), 8).permute(0, 3, 1, 2).float()  # [T, K, H, W]
         results.append({"input": inp, "output": {"masks": masks}})
     expected = comparison_frames(sorted(results, key=lambda r: r["input"]["clip_start"]), "DIOD")

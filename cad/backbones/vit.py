@@ -1,7 +1,9 @@
-"""DINO and DINOv2 ViTs on timm's `VisionTransformer`, loading the official checkpoint files.
+"""DINO and DINOv2 ViTs (and the DeiT and PyTorch-Pretrained-ViT models of Guided Distillation's
+backbones) on timm's `VisionTransformer`, loading the official checkpoint files.
 
 Architectures are named as the official torch.hub entries (`dino_vits16`, ..., `dinov2_vitl14`,
-plus `dinov2_*_reg` with 4 register tokens). Every model is built with `dynamic_img_size=True`:
+plus `dinov2_*_reg` with 4 register tokens; `deit_base_patch16_384`), or as pytorch_pretrained_vit
+names them (`B_16`, `L_16`). Every model is built with `dynamic_img_size=True`:
 the position embedding is interpolated (bicubic, no antialiasing, as the official code) to the
 exact patch grid of any input whose sides are multiples of the patch size; images are never
 resized to the pre-training size.
@@ -20,10 +22,13 @@ DINO "full" checkpoints (`teacher` dict, `module.backbone.` prefix) are accepted
 add `mask_token` and `blocks.N.ls{1,2}.gamma`; with registers they hold `register_tokens` and a
 `pos_embed` whose first entry belongs to the CLS token, converted as timm does (the CLS position
 folded into `cls_token`, registers without position). Loading is strict: a missing, unexpected
-or wrongly shaped key raises `CheckpointLayoutError` naming the keys.
+or wrongly shaped key raises `CheckpointLayoutError` naming the keys. DeiT files are
+`{"model": state_dict}` with timm's keys and a classifier `head` (dropped); pytorch_pretrained_vit
+files have their own names (`transformer.blocks.N.attn.proj_q`, ...), converted to timm's.
 """
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -54,7 +59,7 @@ __all__ = [
 class ViTSpec:
     """Architecture of one official model and where its checkpoint comes from."""
 
-    family: str  # "dino" or "dinov2"
+    family: str  # "dino", "dinov2", "deit" or "ppvit" (PyTorch-Pretrained-ViT, Guided Distillation's vit.py)
     patch_size: int
     embed_dim: int
     depth: int
@@ -68,12 +73,19 @@ class ViTSpec:
 
     @property
     def img_size(self) -> int:
-        """Pre-training size: the grid of the checkpoint's `pos_embed` (DINO 224, DINOv2 518)."""
-        return 224 if self.family == "dino" else 518
+        """Size of the model's `pos_embed` grid: the pre-training size (DINO 224, DINOv2 518, DeiT-384
+        384), or for "ppvit" the `image_size` 1024 that Guided Distillation builds it with (its
+        224-pixel checkpoints are resized to it when loaded)."""
+        return {"dino": 224, "dinov2": 518, "deit": 384, "ppvit": 1024}[self.family]
 
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+# The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py), for
+# `DinoVisionTransformer.interpolate_offset`.
+HUB_INTERPOLATE_OFFSET = 0.1
+_DEIT = "https://dl.fbaipublicfiles.com/deit"
+_PPVIT = "https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2"
 
 VIT_ARCHS: Dict[str, ViTSpec] = {
     "dino_vits16": ViTSpec("dino", 16, 384, 12, 6, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
@@ -86,6 +98,12 @@ VIT_ARCHS: Dict[str, ViTSpec] = {
     "dinov2_vits14_reg": ViTSpec("dinov2", 14, 384, 12, 6, f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth", 4),
     "dinov2_vitb14_reg": ViTSpec("dinov2", 14, 768, 12, 12, f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", 4),
     "dinov2_vitl14_reg": ViTSpec("dinov2", 14, 1024, 24, 16, f"{_DINOV2}/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth", 4),
+    # facebookresearch/deit hubconf `deit_base_patch16_384` (Guided Distillation's DeiTBaseBackbone).
+    "deit_base_patch16_384": ViTSpec("deit", 16, 768, 12, 12, f"{_DEIT}/deit_base_patch16_384-8de9b5d1.pth"),
+    # pytorch_pretrained_vit `ViT('B_16')` / `ViT('L_16')` (Guided Distillation's ViT{Base,Large}Backbone);
+    # the package has no L_16 file (its URL is None): ViT-L weights must be given as a file.
+    "B_16": ViTSpec("ppvit", 16, 768, 12, 12, f"{_PPVIT}/B_16.pth"),
+    "L_16": ViTSpec("ppvit", 16, 1024, 24, 16, ""),
 }
 
 
@@ -104,6 +122,11 @@ class DinoVisionTransformer(VisionTransformer):
     # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
     # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
     interpolate_offset: Optional[float] = None
+    # Mode of the exact-grid resampling (interpolate_offset None): "bicubic" (DINO, DINOv2) or
+    # "bilinear" (Guided Distillation's DeiT backbone, `interpolate_pos_encoding` in its deit.py).
+    pos_embed_interpolation: str = "bicubic"
+    # align_corners of that resampling (None: the mode's default; True for PyTorch-Pretrained-ViT).
+    pos_embed_align_corners: Optional[bool] = None
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens with positions added."""
@@ -117,6 +140,8 @@ class DinoVisionTransformer(VisionTransformer):
                 new_size=(height, width),
                 old_size=self.patch_embed.grid_size,
                 num_prefix_tokens=num_prefix,
+                interpolation=self.pos_embed_interpolation,
+                align_corners=self.pos_embed_align_corners,
                 antialias=False,
             )
         else:
@@ -190,8 +215,19 @@ def create_vit(arch: str, **overrides) -> DinoVisionTransformer:
         kwargs.update(init_values=1e-5)
         if spec.reg_tokens:
             kwargs.update(reg_tokens=spec.reg_tokens, no_embed_class=True)
+    if spec.family == "ppvit":
+        # pytorch_pretrained_vit's dropout_rate 0.1 on the attention weights and after each residual branch.
+        kwargs.update(attn_drop_rate=PPVIT_DROPOUT, proj_drop_rate=PPVIT_DROPOUT)
     kwargs.update(overrides)
     model = DinoVisionTransformer(**kwargs)
+    if spec.family == "ppvit":
+        # Its MLP has no dropout between fc1 and fc2, and its tokens leave the last block without a
+        # norm (the norm belongs to the deleted classifier). Grids other than the built one are
+        # resampled as its loader resizes checkpoints (see `ppvit_resample_pos_embed`).
+        for block in model.blocks:
+            block.mlp.drop1 = nn.Identity()
+        model.norm = nn.Identity()
+        model.pos_embed_interpolation, model.pos_embed_align_corners = "bilinear", True
     model.cad_arch = arch
     return model.eval()
 
@@ -208,6 +244,11 @@ def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Pa
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file '{path}' for {arch} does not exist")
         return path
+    if not spec.url:
+        raise WeightsNotFoundError(
+            f"no weights for {arch}: the official code has no released file for it (the official backbone "
+            "fails to build); pass a file in its layout explicitly (CAD.VIT.WEIGHTS) or 'random'"
+        )
     cached = _hub_checkpoint_dir() / spec.file_name
     if cached.is_file():
         return cached
@@ -219,21 +260,81 @@ def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Pa
 
 
 def _unwrap(state: Dict) -> Dict[str, torch.Tensor]:
-    """The backbone state dict of an official file (plain, or a DINO full checkpoint)."""
+    """The backbone state dict of an official file (plain, a DINO full checkpoint, or DeiT's
+    `{"model": state_dict}`)."""
+    if isinstance(state.get("model"), dict):  # DeiT release
+        state = state["model"]
     if "teacher" in state:  # DINO training checkpoint: keep the teacher backbone, drop the head
         state = {k.replace("module.", "", 1): v for k, v in state["teacher"].items()}
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     return dict(state)
 
 
+PPVIT_DROPOUT = 0.1
+
+
+def ppvit_resample_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """pytorch_pretrained_vit's `resize_positional_embedding_`: (1, 1 + M*M, C) -> (1, 1 + grid*grid, C),
+    the class position kept and the (M, M) grid resized linearly with corners aligned
+    (`scipy.ndimage.zoom(order=1)`), i.e. bilinear with align_corners=True."""
+    m = int(math.sqrt(pos_embed.shape[1] - 1))
+    patch = pos_embed[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, size=(grid, grid), mode="bilinear", align_corners=True)
+    return torch.cat((pos_embed[:, :1].float(), patch.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)), dim=1)
+
+
+_PPVIT_RENAMES = (
+    (r"^class_token$", "cls_token"),
+    (r"^positional_embedding\.pos_embedding$", "pos_embed"),
+    (r"^patch_embedding\.", "patch_embed.proj."),
+    (r"^transformer\.blocks\.(\d+)\.proj\.", r"blocks.\1.attn.proj."),
+    (r"^transformer\.blocks\.(\d+)\.pwff\.", r"blocks.\1.mlp."),
+    (r"^transformer\.blocks\.(\d+)\.(norm[12])\.", r"blocks.\1.\2."),
+)
+_PPVIT_QKV = re.compile(r"^transformer\.blocks\.(\d+)\.attn\.proj_q\.(weight|bias)$")
+
+
+def _from_ppvit(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, torch.Tensor]:
+    """pytorch_pretrained_vit names -> timm's: q/k/v projections concatenated into `qkv`, the
+    classifier (`fc`, `pre_logits`, `norm`: unused by the Guided Distillation backbones) dropped,
+    the position embedding resized to the model's grid as `ViT(name, image_size=...)` does."""
+    out = {}
+    for key, value in state.items():
+        if key.split(".")[0] in ("fc", "pre_logits", "norm") or ".attn.proj_" in key:
+            continue
+        for pattern, repl in _PPVIT_RENAMES:
+            key, count = re.subn(pattern, repl, key)
+            if count:
+                break
+        out[key] = value
+    for key in state:
+        match = _PPVIT_QKV.match(key)
+        if match:
+            parts = [state[key.replace("proj_q", f"proj_{x}")] for x in "qkv"]
+            out[f"blocks.{match[1]}.attn.qkv.{match[2]}"] = torch.cat(parts, dim=0)
+    if "pos_embed" in out:
+        out["pos_embed"] = ppvit_resample_pos_embed(out["pos_embed"], spec.img_size // spec.patch_size)
+    return out
+
+
 def _from_official(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, torch.Tensor]:
     """Official key layout -> timm's (the conversion timm applies to DINOv2 files)."""
     has_mask_token = "mask_token" in state
-    if spec.family == "dino" and has_mask_token:
-        raise CheckpointLayoutError("found 'mask_token': this is a DINOv2 checkpoint, not a DINO one")
+    if spec.family != "dinov2" and has_mask_token:
+        raise CheckpointLayoutError(f"found 'mask_token': this is a DINOv2 checkpoint, not a {spec.family.upper()} one")
     if spec.family == "dinov2" and not has_mask_token:
         raise CheckpointLayoutError("no 'mask_token': this is not a DINOv2 checkpoint (DINO layout?)")
     state = dict(state)
+    if spec.family == "ppvit":
+        if "class_token" not in state:
+            raise CheckpointLayoutError("no 'class_token': not a pytorch_pretrained_vit checkpoint")
+        return _from_ppvit(state, spec)
+    if spec.family == "deit":
+        # The ImageNet classifier, which Guided Distillation's DeiTBaseBackbone deletes after loading.
+        for key in ("head.weight", "head.bias"):
+            if key not in state:
+                raise CheckpointLayoutError(f"no '{key}': not a DeiT classification checkpoint")
+            state.pop(key)
     if spec.family == "dinov2":
         state.pop("mask_token")
         if spec.reg_tokens:
@@ -270,12 +371,14 @@ def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, tor
 
 def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[str, Path]) -> None:
     """Load an official checkpoint file into `model` strictly; clear errors on any mismatch."""
+    from cad.checkpoint.loader import CheckpointError, read_weights  # cad.checkpoint imports this module
+
     spec = get_spec(arch)
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / not a torch file; torch's own message spans many lines
+        raw = read_weights(str(path))
+    except CheckpointError as exc:  # corrupt / not a torch file
         raise CheckpointLayoutError(
-            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({type(exc).__name__})"
+            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({exc.__cause__.__class__.__name__})"
         ) from exc
     if not isinstance(raw, dict):
         raise CheckpointLayoutError(f"checkpoint '{path}' for {arch} is not a state dict")
@@ -301,19 +404,21 @@ def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[st
 def build_vit(
     arch: str,
     weights: Optional[Union[str, Path]] = None,
-    device: Union[str, torch.device] = "cpu",
+    device: Optional[Union[str, torch.device]] = None,
     **overrides,
 ) -> nn.Module:
-    """A DINO/DINOv2 ViT in eval mode on `device`.
+    """A ViT of `arch` in eval mode on `device` (None: where it is created, the CPU unless a
+    default device is set, e.g. `torch.device("meta")` for shape-only checks).
 
     `weights`: a checkpoint path, None (torch.hub cache, else `WeightsNotFoundError`) or "random"
     (random init, no file). `overrides` change the architecture (e.g. `depth=2, embed_dim=48,
     num_heads=2` for the small checkpoints written by `save_random_checkpoint`).
     """
+    path = None if weights == "random" else resolve_weights(arch, weights)  # a missing file fails before the build
     model = create_vit(arch, **overrides)
-    if weights != "random":
-        load_official_checkpoint(model, arch, resolve_weights(arch, weights))
-    return model.to(device).eval()
+    if path is not None:
+        load_official_checkpoint(model, arch, path)
+    return (model if device is None else model.to(device)).eval()
 
 
 def random_vit(arch: str, seed: int = 0, **overrides) -> VisionTransformer:

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DemoSummary", "collect_images", "run_demo", "RESULTS_FILE"]
 # The COCO JSON written next to the PNGs.
 RESULTS_FILE = "demo_results.json"
-MOTION_ARCHS = ("DIOD", "XMOD")
+MOTION_ARCHS = ("DIOD", "DIOD3D", "XMOD")
 
 
 @dataclass
@@ -125,10 +125,11 @@ def _run_images(cfg, model, files: List[str], out: Path, threshold: float, summa
 
 def _run_frames(cfg, model, frames: List[str], out: Path, summary: DemoSummary) -> None:
     from cad.data.motion import _video_dict, split_into_clips
+    from cad.modeling.motion import RANGE_ARCHS
     from cad.utils.visualize_motion import predict_clip_dicts, write_strips
 
-    if cfg.MODEL.META_ARCHITECTURE == "XMOD":
-        raise ConfigError("the xMOD demo needs depth or LiDAR per frame: use a DIOD config on frames, or "
+    if cfg.MODEL.META_ARCHITECTURE in RANGE_ARCHS:
+        raise ConfigError("the xMOD models need depth or LiDAR per frame: use a DIOD config on frames, or "
                           "tools/visualize_motion.py on a registered split")
     length = cfg.CAD.MOTION.CLIP_LENGTH
     clips = split_into_clips([_video_dict(Path(frames[0]).parent.name, [Path(f) for f in frames], None, None)], length)

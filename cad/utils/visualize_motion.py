@@ -16,6 +16,7 @@ from detectron2.utils.colormap import colormap
 
 from cad.data.motion import MotionClipMapper
 from cad.evaluation.motion import MotionEvaluator, trivial_baseline_masks
+from cad.modeling.motion import RANGE_ARCHS
 from cad.utils.io import atomic_write_png
 
 logger = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def write_videos(results: List[Dict], out_dir: Path, method: str, fps: float = 5
 def predict_clip_dicts(model: torch.nn.Module, cfg, clips: Iterable[Dict]) -> List[Dict]:
     """Run `model` (eval mode) on clip dicts (`cad.data.motion` format, `clip_start` >= 0);
     returns per clip {"input": mapped dict, "output": {"masks", "fg"}}."""
-    mapper = MotionClipMapper(cfg, is_train=False, with_range=cfg.MODEL.META_ARCHITECTURE == "XMOD")
+    mapper = MotionClipMapper(cfg, is_train=False, with_range=cfg.MODEL.META_ARCHITECTURE in RANGE_ARCHS)
     model.eval()
     out = []
     for d in clips:

@@ -9,18 +9,21 @@ epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
 
 - ``diod``:    DIOD's file (3 input channels, no 'epoch').
 - ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch').
-- ``xmod_3d``: xMOD's 3D file (4 input channels); it initialises the XMOD meta-architecture's 3D
-  network through CAD.MOTION.WEIGHTS_3D, next to a 2D file in MODEL.WEIGHTS (xMOD's trainer takes
+- ``xmod_3d``: xMOD's 3D file (4 input channels): MODEL.WEIGHTS of the 3D-only DIOD3D model (xMOD's
+  3d_ts run and `--evaluation_mode 3d`), or the XMOD meta-architecture's 3D network through
+  CAD.MOTION.WEIGHTS_3D, next to a 2D file in MODEL.WEIGHTS (xMOD's trainer takes
   checkpoint_path_2d and checkpoint_path_3d the same way).
 - ``diod_dinov2``: DIOD_DINOv2's file (trainPD_ts_dino.py / trainKITTI_ts_dinov2.py; xMOD's
   dino_v2/ scripts are copies and save the same): `encoder_cnn.dinov2_backbone.*` (the torch.hub
   dinov2_vits14 state dict, frozen, saved with the rest) instead of `encoder_cnn.resnet.*`; it
   initialises CAD.MOTION.ENCODER "vit" with CAD.VIT.ARCH dinov2_vits14.
+- ``cad_diod``: cad's own DIOD checkpoint (model_final.pth) given to XMOD: its 2D networks, with
+  the 3D ones from CAD.MOTION.WEIGHTS_3D (xMOD's file or cad's DIOD3D model_final.pth).
 
-`to_cad` returns the full state dict of cad's DIOD / XMOD model: each network's weights go to
-both the student and the EMA teacher (DIOD's TS run and xMOD's `_load_teacher_checkpoints` load
-both from the same file) and `distilling` is False (cad's trainer starts distillation at
-CAD.MOTION.TEACHER_START_ITER by copying the student, i.e. the same weights).
+`to_cad` returns the full state dict of cad's DIOD / DIOD3D / XMOD model: each official network's
+weights go to both the student and the EMA teacher (DIOD's TS run and xMOD's
+`_load_teacher_checkpoints` load both from the same file) and `distilling` is False (cad's trainer
+starts distillation at CAD.MOTION.TEACHER_START_ITER by copying the student, i.e. the same weights).
 """
 import logging
 import os
@@ -116,10 +119,13 @@ def official_to_cad(sd: StateDict) -> StateDict:
     return out
 
 
-def _check_cfg(cfg, encoder: str) -> None:
+def _check_cfg(cfg, encoder: str, rgb: bool) -> None:
+    """Raise ValueError unless CAD.MOTION builds the official network (for an RGB network, also
+    with the file's encoder; xMOD's range network is always a ResNet)."""
     m = cfg.CAD.MOTION
-    need = [("CAD.MOTION.TOKEN_NORM", m.TOKEN_NORM, "joint"), ("CAD.MOTION.QKV_BIAS", m.QKV_BIAS, True),
-            ("CAD.MOTION.ENCODER", m.ENCODER, encoder)]
+    need = [("CAD.MOTION.TOKEN_NORM", m.TOKEN_NORM, "joint"), ("CAD.MOTION.QKV_BIAS", m.QKV_BIAS, True)]
+    if rgb:
+        need.append(("CAD.MOTION.ENCODER", m.ENCODER, encoder))
     if encoder == "resnet":
         need.append(("CAD.MOTION.ENCODER_NORM", m.ENCODER_NORM, "BN"))
     else:
@@ -149,7 +155,8 @@ def _network(obj: Any, cfg, source: str) -> StateDict:
     sd = official_state(obj)
     net = official_to_cad(sd)
     if cfg is not None:
-        _check_cfg(cfg, _encoder(sd))
+        encoder, channels = _kind(obj)
+        _check_cfg(cfg, encoder, channels == 3)
         net = _fit_resolution(net, cfg, source)
     return net
 
@@ -160,20 +167,49 @@ def _student_and_teacher(modality: str, net: StateDict) -> StateDict:
     return out
 
 
+def _not_distilling(state: StateDict) -> StateDict:
+    return {**state, "distilling": torch.zeros((), dtype=torch.bool)}
+
+
+def cad_state(obj: Any) -> Optional[StateDict]:
+    """The model state dict of a cad DIOD / DIOD3D / XMOD checkpoint (`{'model': {'students.*',
+    'teachers.*', 'distilling'}}`, Detectron2's layout written by cad's trainer), or None."""
+    sd = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or "distilling" not in sd:
+        return None
+    if not all(k == "distilling" or k.startswith(("students.", "teachers.")) for k in sd):
+        return None
+    return sd
+
+
+def _modalities(sd: StateDict) -> set:
+    return {k.split(".")[1] for k in sd if k.startswith("students.")}
+
+
 def _load_3d(cfg) -> StateDict:
+    """The 3D student and teacher of CAD.MOTION.WEIGHTS_3D: xMOD's epoch_*_3d.ckpt (its network to
+    both, as xMOD's _load_teacher_checkpoints) or cad's DIOD3D / XMOD checkpoint (its `students.3d`
+    and `teachers.3d`, e.g. xMOD step 2's model_final.pth)."""
+    from cad.checkpoint.loader import CheckpointError, read_weights  # the loader imports the layouts
+
     path = cfg.CAD.MOTION.WEIGHTS_3D
     if not path:
-        raise ValueError("XMOD from an official 2D checkpoint also needs xMOD's 3D checkpoint in CAD.MOTION.WEIGHTS_3D")
+        raise ValueError("XMOD from a 2D checkpoint also needs the 3D one in CAD.MOTION.WEIGHTS_3D "
+                         "(xMOD's epoch_*_3d.ckpt or cad's DIOD3D model_final.pth)")
     local = PathManager.get_local_path(path)
     if not os.path.isfile(local):
-        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' not found")
+        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' not found: train xMOD steps 1-2 (configs/xMOD/*_3d_*.yaml) first")
     try:
-        obj = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  any reader failure: not a checkpoint, or cut short
-        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' cannot be read as a checkpoint ({type(e).__name__})") from e
-    if _kind(obj) != ("resnet", 4):
-        raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' is not an xMOD 3D checkpoint (epoch_*_3d.ckpt)")
-    return _network(obj, cfg, path)
+        obj = read_weights(local)
+    except CheckpointError as e:
+        raise ValueError(f"CAD.MOTION.WEIGHTS_3D: {e}") from e
+    if _kind(obj) == ("resnet", 4):
+        return _student_and_teacher("3d", _network(obj, cfg, path))
+    own = cad_state(obj)
+    if own is not None and "3d" in _modalities(own):
+        return {k: v for k, v in own.items() if k.startswith(("students.3d.", "teachers.3d."))}
+    raise ValueError(f"CAD.MOTION.WEIGHTS_3D '{path}' is neither an xMOD 3D checkpoint (epoch_*_3d.ckpt) "
+                     "nor cad's DIOD3D / XMOD checkpoint")
 
 
 def rgb_to_cad(obj: Any, cfg) -> StateDict:
@@ -181,16 +217,39 @@ def rgb_to_cad(obj: Any, cfg) -> StateDict:
     arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "DIOD"
     out = _student_and_teacher("2d", _network(obj, cfg, "MODEL.WEIGHTS"))
     if arch == "XMOD":
-        out.update(_student_and_teacher("3d", _load_3d(cfg)))
+        out.update(_load_3d(cfg))
     elif arch != "DIOD":
-        raise ValueError(f"an official DIOD/xMOD checkpoint cannot initialise MODEL.META_ARCHITECTURE {arch}")
-    out["distilling"] = torch.zeros((), dtype=torch.bool)
-    return out
+        raise ValueError(f"an official DIOD/xMOD 2D checkpoint cannot initialise MODEL.META_ARCHITECTURE {arch}")
+    return _not_distilling(out)
 
 
 def range_to_cad(obj: Any, cfg) -> StateDict:
-    raise ValueError("this is xMOD's 3D-branch checkpoint: give it as CAD.MOTION.WEIGHTS_3D, with the 2D one "
-                     "(DIOD's file or xMOD's epoch_*_2d.ckpt) as MODEL.WEIGHTS and MODEL.META_ARCHITECTURE XMOD")
+    """xMOD's 3D file -> the full DIOD3D state dict (xMOD's 3d_ts / --evaluation_mode 3d)."""
+    arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "DIOD3D"
+    if arch != "DIOD3D":
+        raise ValueError("this is xMOD's 3D-branch checkpoint: MODEL.META_ARCHITECTURE DIOD3D takes it as MODEL.WEIGHTS; "
+                         "for XMOD give it as CAD.MOTION.WEIGHTS_3D, with the 2D one (DIOD's file or xMOD's "
+                         "epoch_*_2d.ckpt) as MODEL.WEIGHTS")
+    return _not_distilling(_student_and_teacher("3d", _network(obj, cfg, "MODEL.WEIGHTS")))
+
+
+def _is_cad_diod(obj: Any) -> bool:
+    own = cad_state(obj)
+    return own is not None and _modalities(own) == {"2d"}
+
+
+def cad_diod_to_xmod(obj: Any, cfg) -> StateDict:
+    """cad's DIOD checkpoint (a model_final.pth) as the 2D networks of XMOD (xMOD step 3), with the 3D
+    ones from CAD.MOTION.WEIGHTS_3D when given (else they are missing: CAD.WEIGHTS_MAY_MISS decides).
+    `distilling` is False: the trainer copies the students into the teachers at
+    CAD.MOTION.TEACHER_START_ITER, as xMOD loads both from its checkpoints."""
+    arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "XMOD"
+    if arch != "XMOD":
+        raise ValueError(f"cad's DIOD checkpoint initialises DIOD, or XMOD's 2D networks; not MODEL.META_ARCHITECTURE {arch}")
+    out = {k: v for k, v in cad_state(obj).items() if k != "distilling"}
+    if cfg is not None and cfg.CAD.MOTION.WEIGHTS_3D:
+        out.update(_load_3d(cfg))
+    return _not_distilling(out)
 
 
 LAYOUTS: Dict[str, Layout] = {
@@ -200,9 +259,11 @@ LAYOUTS: Dict[str, Layout] = {
         Layout("xmod_2d", lambda o: _kind(o) == ("resnet", 3) and "epoch" in o, rgb_to_cad,
                "xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)"),
         Layout("xmod_3d", lambda o: _kind(o) == ("resnet", 4), range_to_cad,
-               "xMOD epoch_*_3d.ckpt (4-channel range network): use as CAD.MOTION.WEIGHTS_3D"),
+               "xMOD epoch_*_3d.ckpt (4-channel range network): DIOD3D's MODEL.WEIGHTS or XMOD's CAD.MOTION.WEIGHTS_3D"),
         Layout("diod_dinov2", lambda o: _kind(o) == ("vit", 3), rgb_to_cad,
                "DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py (xMOD dino_v2/ alike) {'model_state_dict': "
                "DataParallel state dict with the dinov2_vits14 backbone} (student only)"),
+        Layout("cad_diod", _is_cad_diod, cad_diod_to_xmod,
+               "cad's DIOD checkpoint as XMOD's 2D networks (the 3D ones from CAD.MOTION.WEIGHTS_3D)"),
     )
 }

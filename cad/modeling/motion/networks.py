@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from cad.backbones.dinov2_gd import HUB_INTERPOLATE_OFFSET
+from cad.backbones.vit import HUB_INTERPOLATE_OFFSET
 
 
 class BatchNorm2d(nn.BatchNorm2d):
