@@ -80,7 +80,7 @@ def dinov2_cfg(size=SIZE, arch: str = "DIOD"):
     cfg.MODEL.DEVICE, cfg.MODEL.META_ARCHITECTURE = "cpu", arch
     cfg.CAD.VIT.WEIGHTS, cfg.CAD.VIT.DEPTH = "random", VIT_DEPTH
     m = cfg.CAD.MOTION
-    m.INPUT_SIZE, m.NUM_SLOTS, m.SLOT_DIM, m.CLIP_LENGTH, m.ENCODER_WIDTH = size, SLOTS, DIM, T, 8
+    m.INPUT_SIZE, m.NUM_SLOTS, m.SLOT_DIM, m.CLIP_LENGTH = size, SLOTS, DIM, T
     return cfg
 
 
@@ -145,9 +145,16 @@ def test_wrong_encoder_or_size_fails_with_one_message(tmp_path):
         check_choices(dinov2_cfg(size=(28, 40)))
 
 
-def test_xmod_with_the_vit_encoder_keeps_a_resnet_for_the_range_image():
-    net = XMOD(dinov2_cfg(arch="XMOD"))
+def test_xmod_with_the_vit_encoder_keeps_a_resnet_for_the_range_image(tmp_path):
+    """Not an official combination: XMOD's RGB network with the ViT, from a DIOD_DINOv2 file, and its
+    range network from xMOD's 3D file (checked as a ResNet whatever CAD.MOTION.ENCODER says)."""
+    sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 3)
+    cfg = dinov2_cfg(arch="XMOD")
+    cfg.CAD.MOTION.WEIGHTS_3D = str(official_file(sd3, tmp_path / "epoch_99_3d.ckpt", 99))
+    layout, net = load_official(cfg, official_file(dinov2_official_state(4), tmp_path / "DIODPD_500_dinov2.ckpt"))
+    assert layout.name == "diod_dinov2" and isinstance(net, XMOD)
     assert isinstance(net.students["2d"].encoder, ViTEncoder) and isinstance(net.students["3d"].encoder, Encoder)
+    assert torch.equal(net.teachers["3d"].encoder.stem[0].weight, sd3["encoder_cnn.resnet.conv1.weight"])
 
 
 @pytest.mark.parametrize("name,size,weights,epochs,teacher_start,reset", [

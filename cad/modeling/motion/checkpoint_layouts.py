@@ -152,8 +152,7 @@ def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
 
 
 def _network(obj: Any, cfg, source: str) -> StateDict:
-    sd = official_state(obj)
-    net = official_to_cad(sd)
+    net = official_to_cad(official_state(obj))
     if cfg is not None:
         encoder, channels = _kind(obj)
         _check_cfg(cfg, encoder, channels == 3)
