@@ -312,6 +312,7 @@ CHOICES = {
     "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
     "INPUT.MASK2FORMER_AUGMENTATION": ("resize_flip", "lsj", "mask_former_instance"),
     "CAD.BEST_CHECKPOINT_MODE": ("max", "min"),
+    "CAD.MOTION.ENCODER": ("resnet", "vit"),
     "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
     "CAD.MOTION.INPUT_FORMAT": ("BGR", "RGB"),
     "CAD.MOTION.TOKEN_NORM": ("joint", "token"),
@@ -325,13 +326,22 @@ CHOICES = {
 
 
 def check_choices(cfg: CN) -> None:
-    """Raise ValueError naming the key and its allowed values when a `CHOICES` key has another value."""
+    """Raise ValueError naming the key and its allowed values when a `CHOICES` key has another value,
+    or when the motion ViT encoder's input size is not a multiple of its patch size."""
     for key, allowed in CHOICES.items():
         value = cfg
         for part in key.split("."):
             value = value[part]
         if value not in allowed:
             raise ValueError(f"{key} is '{value}'; expected one of {', '.join(allowed)}")
+    if cfg.CAD.MOTION.ENCODER == "vit":
+        from cad.backbones.vit import get_spec
+
+        patch, size = get_spec(cfg.CAD.VIT.ARCH).patch_size, tuple(cfg.CAD.MOTION.INPUT_SIZE)
+        if size[0] % patch or size[1] % patch:
+            # the DINOv2 patch embedding asserts it (DIOD_DINOv2 uses 490x980 on TRI-PD, 378x1260 on KITTI)
+            raise ValueError(f"CAD.MOTION.INPUT_SIZE {size} is not a multiple of {cfg.CAD.VIT.ARCH}'s patch size {patch} "
+                             "(CAD.MOTION.ENCODER vit)")
 
 
 def _add_motion_config(cfg: CN) -> None:
@@ -341,9 +351,11 @@ def _add_motion_config(cfg: CN) -> None:
     m.CLIP_LENGTH = 5
     # Model input (height, width); TRI-PD frames are resized x0.5 and cropped to 480x968.
     m.INPUT_SIZE = (480, 968)
-    # Pixel normalisation: (x/255 - 0.5)/0.5 as in DIOD.
-    m.PIXEL_MEAN = 0.5
-    m.PIXEL_STD = 0.5
+    # Pixel normalisation (x/255 - mean)/std per channel, in the networks' channel order
+    # (INPUT_FORMAT): 0.5/0.5 as DIOD; DIOD_DINOv2 applies ImageNet's RGB statistics
+    # (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) to its BGR tensors as they are.
+    m.PIXEL_MEAN = (0.5, 0.5, 0.5)
+    m.PIXEL_STD = (0.5, 0.5, 0.5)
     # Channel order the networks see: "BGR" (official: DIOD datasetPD.py / datasetPDEval.py and
     # xMOD's dataloaders read frames with cv2.imread and never convert them; the colour
     # augmentation is then applied to BGR tensors) or "RGB" (cad's earlier networks). The data
@@ -369,6 +381,13 @@ def _add_motion_config(cfg: CN) -> None:
     m.EPOCHS = 0
     # Motion-mask ids with fewer pixels than this (at input size) become background (TRI-PD: 50).
     m.MIN_MASK_AREA = 50
+    # Frame encoder of the RGB network: "resnet" (DIOD models/resnet.py, ResNet-18 from scratch) or
+    # "vit" (DIOD_DINOv2 models/model_bg_dinov2.py: the CAD.VIT ViT, dinov2_vits14 in the official
+    # code, frozen when CAD.VIT.FREEZE; its last VIT_LAYERS blocks' normalised patch tokens,
+    # concatenated and resized to stride 4). xMOD's range network is always a ResNet.
+    m.ENCODER = "resnet"
+    # "vit" encoder: number of last ViT blocks whose patch tokens are concatenated (DIOD_DINOv2: 4).
+    m.VIT_LAYERS = 4
     # Encoder: ResNet-18 layout; channels of the first stage (64 in the reference).
     m.ENCODER_WIDTH = 64
     # Encoder normalisation: "BN" (DIOD) or "GN" (GroupNorm: per-image statistics, the same in

@@ -47,6 +47,7 @@ __all__ = [
     "build_vit",
     "create_vit",
     "load_official_checkpoint",
+    "from_official_state_dict",
     "to_official_state_dict",
     "random_vit",
     "save_random_checkpoint",
@@ -80,6 +81,9 @@ class ViTSpec:
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+# The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py), for
+# `DinoVisionTransformer.interpolate_offset`.
+HUB_INTERPOLATE_OFFSET = 0.1
 _DEIT = "https://dl.fbaipublicfiles.com/deit"
 _PPVIT = "https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2"
 
@@ -341,6 +345,12 @@ def _from_official(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, t
             state["cls_token"] = state.pop("cls_token") + pos[:, :1]
             state["pos_embed"] = pos[:, 1:]
     return state
+
+
+def from_official_state_dict(state: Dict[str, torch.Tensor], arch: str) -> Dict[str, torch.Tensor]:
+    """An official state dict of `arch` (torch.hub model names) -> timm's names of `create_vit(arch)`;
+    `CheckpointLayoutError` when it is another family's layout."""
+    return _from_official(_unwrap(state), get_spec(arch))
 
 
 def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, torch.Tensor]:

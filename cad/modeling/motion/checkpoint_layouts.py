@@ -13,6 +13,10 @@ epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
   3d_ts run and `--evaluation_mode 3d`), or the XMOD meta-architecture's 3D network through
   CAD.MOTION.WEIGHTS_3D, next to a 2D file in MODEL.WEIGHTS (xMOD's trainer takes
   checkpoint_path_2d and checkpoint_path_3d the same way).
+- ``diod_dinov2``: DIOD_DINOv2's file (trainPD_ts_dino.py / trainKITTI_ts_dinov2.py; xMOD's
+  dino_v2/ scripts are copies and save the same): `encoder_cnn.dinov2_backbone.*` (the torch.hub
+  dinov2_vits14 state dict, frozen, saved with the rest) instead of `encoder_cnn.resnet.*`; it
+  initialises CAD.MOTION.ENCODER "vit" with CAD.VIT.ARCH dinov2_vits14.
 - ``cad_diod``: cad's own DIOD checkpoint (model_final.pth) given to XMOD: its 2D networks, with
   the 3D ones from CAD.MOTION.WEIGHTS_3D (xMOD's file or cad's DIOD3D model_final.pth).
 
@@ -29,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from detectron2.utils.file_io import PathManager
 
+from cad.backbones.vit import from_official_state_dict
 from cad.checkpoint.layouts import Layout, StateDict, register_layout
 from cad.modeling.motion.networks import feature_size, position_grid
 
@@ -55,7 +60,11 @@ _RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
 _GRID = "encoder_cnn.encoder_pos.grid"
 # registered only when the official model is built on the CPU; its forward never reads them
 _UNUSED = ("slot_attention.slots_mu", "slot_attention.slots_sigma")
-_CONV1 = "encoder_cnn.resnet.conv1.weight"
+# the first layer of each official encoder: CAD.MOTION.ENCODER -> key
+_FIRST = {"resnet": "encoder_cnn.resnet.conv1.weight", "vit": "encoder_cnn.dinov2_backbone.patch_embed.proj.weight"}
+_VIT = "encoder_cnn.dinov2_backbone."
+# DIOD_DINOv2 models/model_bg_dinov2.Encoder: torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14')
+OFFICIAL_VIT = "dinov2_vits14"
 
 
 def official_state(obj: Any) -> Optional[StateDict]:
@@ -65,23 +74,35 @@ def official_state(obj: Any) -> Optional[StateDict]:
     sd = obj["model_state_dict"]
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    if not isinstance(sd.get(_CONV1), torch.Tensor) or sd[_CONV1].dim() != 4:
-        return None
-    return sd
+    return sd if _encoder(sd) else None
 
 
-def _in_channels(obj: Any) -> int:
+def _encoder(sd: StateDict) -> Optional[str]:
+    """"resnet" or "vit" (the official encoder whose first layer `sd` holds), else None."""
+    for name, key in _FIRST.items():
+        if isinstance(sd.get(key), torch.Tensor) and sd[key].dim() == 4:
+            return name
+    return None
+
+
+def _kind(obj: Any) -> Tuple[Optional[str], int]:
+    """(encoder, input channels) of an official file object; (None, -1) for anything else."""
     sd = official_state(obj)
-    return -1 if sd is None else int(sd[_CONV1].shape[1])
+    if sd is None:
+        return None, -1
+    encoder = _encoder(sd)
+    return encoder, int(sd[_FIRST[encoder]].shape[1])
 
 
 def official_to_cad(sd: StateDict) -> StateDict:
     """Rename one official `SlotAttentionAutoEncoder` state dict (no `module.`) to cad's
-    `SlotVideoNet` names. The position-grid buffer is checked against `position_grid` and dropped
+    `SlotVideoNet` names; DIOD_DINOv2's `dinov2_backbone` goes to `encoder.vit` in timm's names
+    (cad.backbones.vit). The position-grid buffer is checked against `position_grid` and dropped
     (cad computes it); unknown keys raise ValueError."""
-    out = {}
+    vit = {k[len(_VIT):]: v for k, v in sd.items() if k.startswith(_VIT)}
+    out = {f"encoder.vit.{k}": v for k, v in from_official_state_dict(vit, OFFICIAL_VIT).items()} if vit else {}
     for key, value in sd.items():
-        if key in _UNUSED:
+        if key in _UNUSED or key.startswith(_VIT):
             continue
         if key == _GRID:
             _, h, w, _ = value.shape
@@ -98,12 +119,20 @@ def official_to_cad(sd: StateDict) -> StateDict:
     return out
 
 
-def _check_cfg(cfg) -> None:
+def _check_cfg(cfg, encoder: str, rgb: bool) -> None:
+    """Raise ValueError unless CAD.MOTION builds the official network (for an RGB network, also
+    with the file's encoder; xMOD's range network is always a ResNet)."""
     m = cfg.CAD.MOTION
-    wrong = [f"{k} {getattr(m, k)} (official: {v})" for k, v in
-             (("TOKEN_NORM", "joint"), ("QKV_BIAS", True), ("ENCODER_NORM", "BN")) if getattr(m, k) != v]
+    need = [("CAD.MOTION.TOKEN_NORM", m.TOKEN_NORM, "joint"), ("CAD.MOTION.QKV_BIAS", m.QKV_BIAS, True)]
+    if rgb:
+        need.append(("CAD.MOTION.ENCODER", m.ENCODER, encoder))
+    if encoder == "resnet":
+        need.append(("CAD.MOTION.ENCODER_NORM", m.ENCODER_NORM, "BN"))
+    else:
+        need.append(("CAD.VIT.ARCH", cfg.CAD.VIT.ARCH, OFFICIAL_VIT))
+    wrong = [f"{key} {value} (official: {official})" for key, value, official in need if value != official]
     if wrong:
-        raise ValueError("an official DIOD/xMOD checkpoint needs the official network; CAD.MOTION has " + ", ".join(wrong))
+        raise ValueError("an official DIOD/xMOD checkpoint needs the official network: " + ", ".join(wrong))
 
 
 def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
@@ -125,7 +154,8 @@ def _fit_resolution(net: StateDict, cfg, source: str) -> StateDict:
 def _network(obj: Any, cfg, source: str) -> StateDict:
     net = official_to_cad(official_state(obj))
     if cfg is not None:
-        _check_cfg(cfg)
+        encoder, channels = _kind(obj)
+        _check_cfg(cfg, encoder, channels == 3)
         net = _fit_resolution(net, cfg, source)
     return net
 
@@ -172,7 +202,7 @@ def _load_3d(cfg) -> StateDict:
         obj = read_weights(local)
     except CheckpointError as e:
         raise ValueError(f"CAD.MOTION.WEIGHTS_3D: {e}") from e
-    if _in_channels(obj) == 4:
+    if _kind(obj) == ("resnet", 4):
         return _student_and_teacher("3d", _network(obj, cfg, path))
     own = cad_state(obj)
     if own is not None and "3d" in _modalities(own):
@@ -182,7 +212,7 @@ def _load_3d(cfg) -> StateDict:
 
 
 def rgb_to_cad(obj: Any, cfg) -> StateDict:
-    """A 3-channel official file (DIOD, xMOD 2D) -> the full DIOD or XMOD state dict."""
+    """A 3-channel official file (DIOD, xMOD 2D, DIOD_DINOv2) -> the full DIOD or XMOD state dict."""
     arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else "DIOD"
     out = _student_and_teacher("2d", _network(obj, cfg, "MODEL.WEIGHTS"))
     if arch == "XMOD":
@@ -223,12 +253,15 @@ def cad_diod_to_xmod(obj: Any, cfg) -> StateDict:
 
 LAYOUTS: Dict[str, Layout] = {
     layout.name: register_layout(layout) for layout in (
-        Layout("diod", lambda o: _in_channels(o) == 3 and "epoch" not in o, rgb_to_cad,
+        Layout("diod", lambda o: _kind(o) == ("resnet", 3) and "epoch" not in o, rgb_to_cad,
                "DIOD trainPD_ts.py / trainKITTI_ts.py {'model_state_dict': DataParallel state dict} (student only)"),
-        Layout("xmod_2d", lambda o: _in_channels(o) == 3 and "epoch" in o, rgb_to_cad,
+        Layout("xmod_2d", lambda o: _kind(o) == ("resnet", 3) and "epoch" in o, rgb_to_cad,
                "xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)"),
-        Layout("xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
+        Layout("xmod_3d", lambda o: _kind(o) == ("resnet", 4), range_to_cad,
                "xMOD epoch_*_3d.ckpt (4-channel range network): DIOD3D's MODEL.WEIGHTS or XMOD's CAD.MOTION.WEIGHTS_3D"),
+        Layout("diod_dinov2", lambda o: _kind(o) == ("vit", 3), rgb_to_cad,
+               "DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py (xMOD dino_v2/ alike) {'model_state_dict': "
+               "DataParallel state dict with the dinov2_vits14 backbone} (student only)"),
         Layout("cad_diod", _is_cad_diod, cad_diod_to_xmod,
                "cad's DIOD checkpoint as XMOD's 2D networks (the 3D ones from CAD.MOTION.WEIGHTS_3D)"),
     )
