@@ -54,6 +54,16 @@ def _add_runtime_config(cfg: CN) -> None:
     cfg.CAD.EVAL_DUMP_TRAINING_JSON = ""
     # Predictions below this score are left out of that JSON (0 keeps every pseudo-label).
     cfg.CAD.EVAL_DUMP_SCORE_THRESH = 0.0
+    # Keep OUTPUT_DIR/model_best.pth: the weights with the best value of this evaluation metric
+    # (a key of the flattened results, e.g. "segm/AP"), checked after each in-training
+    # evaluation (TEST.EVAL_PERIOD); "" = off. Guided Distillation's official trainer keeps it on segm AP.
+    cfg.CAD.BEST_CHECKPOINT_METRIC = ""
+    # "max" (AP) or "min" (a loss) for that metric.
+    cfg.CAD.BEST_CHECKPOINT_MODE = "max"
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" (Detectron2's DeepLab scheduler, Mask2Former's
+    # Cityscapes configs): lr = base * (1 - iter/MAX_ITER)^POWER, floored at CONSTANT_ENDING * base.
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
 
 
 def _add_vit_config(cfg: CN) -> None:
@@ -181,6 +191,7 @@ def _add_mask2former_config(cfg: CN) -> None:
     # Images are padded to a multiple of this (also applied to the backbone's own divisibility).
     mf.SIZE_DIVISIBILITY = 32
     # Detections per image of instance inference are TEST.DETECTIONS_PER_IMAGE (top-k of Q*K).
+
     # Points per mask for the matcher and the mask losses; PointRend importance sampling.
     mf.TRAIN_NUM_POINTS = 112 * 112
     mf.OVERSAMPLE_RATIO = 3.0
@@ -196,9 +207,14 @@ def _add_mask2former_config(cfg: CN) -> None:
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     # FFN width of the deformable encoder (the reference hard-codes 1024).
     head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
-    # Mask2Former training augmentation: "resize_flip" (ResizeShortestEdge + flip from INPUT.*)
-    # or "lsj" (large-scale jitter: flip, ResizeScale(MIN_SCALE..MAX_SCALE), FixedSizeCrop(IMAGE_SIZE)).
+    # Mask2Former training augmentation: "resize_flip" (ResizeShortestEdge + flip from INPUT.*),
+    # "lsj" (large-scale jitter: flip, ResizeScale(MIN_SCALE..MAX_SCALE), FixedSizeCrop(IMAGE_SIZE);
+    # COCO) or "mask_former_instance" (the official MaskFormerInstanceDatasetMapper, Cityscapes:
+    # ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING), RandomCrop(INPUT.CROP)
+    # when INPUT.CROP.ENABLED, SSD colour distortion when INPUT.COLOR_AUG_SSD, flip).
     cfg.INPUT.MASK2FORMER_AUGMENTATION = "resize_flip"
+    # SSD photometric distortion in "mask_former_instance" (Detectron2's PointRend ColorAugSSDTransform).
+    cfg.INPUT.COLOR_AUG_SSD = False
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
@@ -244,22 +260,36 @@ def _add_swin_config(cfg: CN) -> None:
 
 
 def _add_ssl_config(cfg: CN) -> None:
-    """Guided Distillation (semi-supervised teacher-student) keys."""
+    """Guided Distillation (semi-supervised teacher-student) keys (official names and defaults,
+    GuidedDistillation config/add_cfg.py, unless noted)."""
     ssl = cfg.SSL = CN()
-    # Stage 2 (teacher-student on labeled + unlabeled) when True; stage 1 (labeled only) when
-    # False. The reference defaults to True; cad defaults to plain supervised training.
-    ssl.TRAIN_SSL = False
+    # Stage 2 (teacher-student on labeled + unlabeled) when True (the official default); stage 1
+    # (labeled only, the teacher's pre-training) when False.
+    ssl.TRAIN_SSL = True
     # Stage-1 checkpoint (a path or a URL) loaded into the teacher at the start of stage 2 (required then).
     ssl.TEACHER_CKPT = ""
     # Iteration at which the teacher becomes a copy of the student; EMA teacher after it.
     ssl.BURNIN_ITER = 50000
-    # Labeled percentage, recorded for bookkeeping (the split is chosen by DATASETS.TRAIN).
-    ssl.PERCENTAGE = 100.0
+    # Labeled fraction of DATASETS.TRAIN (official train_net.setup): 100 = the whole split; P in
+    # 1..99 = P %; P > 100 = 100/P % (250 = 0.4 %). cad.data.ssl_percentage picks the split.
+    ssl.PERCENTAGE = 100
+    # Seed of the splits cad draws for SSL.PERCENTAGE where no official list exists (COCO: the
+    # official splits were drawn unseeded; Cityscapes outside 5/10/20/30 %). cad's addition.
+    ssl.SPLIT_SEED = 0
+    # The unlabeled batch and loss run at iterations divisible by FREQ (1 = every iteration);
+    # the teacher's EMA update runs every iteration.
+    ssl.FREQ = 1
     # EMA decay d of the teacher: t <- d*t + (1-d)*s every iteration after BURNIN_ITER.
     ssl.EMA_DECAY = 0.9996
-    # Which model is evaluated (during training and with --eval-only): "teacher" or "student".
+    # Which model is evaluated (during training and with --eval-only), any case: "student",
+    # "teacher", or "both" (each evaluated; results under the keys "student" and "teacher").
     ssl.EVAL_WHO = "student"
-    # Unlabeled splits; empty = DATASETS.TRAIN names with "_labeled" replaced by "_unlabeled".
+    # Sampler of the labeled loader in stage 2 (official train_net.setup sets it, with threshold
+    # 10, whenever SSL.TRAIN_SSL); stage 1 uses DATALOADER.SAMPLER_TRAIN.
+    ssl.LABELED_SAMPLER_TRAIN = "RepeatFactorTrainingSampler"
+    ssl.LABELED_REPEAT_THRESHOLD = 10.0
+    # Unlabeled splits; empty = from DATASETS.TRAIN: a "_labeled" split's "_unlabeled" twin, any
+    # other split itself.
     ssl.DATASETS_UNLABELED = ()
     # True (official): the unlabeled pool also contains the labeled images (the reference uses
     # all of train2017); False: only the unlabeled split, an exact partition.
@@ -285,6 +315,9 @@ def _add_ssl_config(cfg: CN) -> None:
 # Keys that take one of a fixed set of values; `check_choices` rejects anything else.
 CHOICES = {
     "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
+    "INPUT.MASK2FORMER_AUGMENTATION": ("resize_flip", "lsj", "mask_former_instance"),
+    "CAD.BEST_CHECKPOINT_MODE": ("max", "min"),
+    "CAD.MOTION.ENCODER": ("resnet", "vit"),
     "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
     "CAD.MOTION.INPUT_FORMAT": ("BGR", "RGB"),
     "CAD.MOTION.TOKEN_NORM": ("joint", "token"),
@@ -298,13 +331,22 @@ CHOICES = {
 
 
 def check_choices(cfg: CN) -> None:
-    """Raise ValueError naming the key and its allowed values when a `CHOICES` key has another value."""
+    """Raise ValueError naming the key and its allowed values when a `CHOICES` key has another value,
+    or when the motion ViT encoder's input size is not a multiple of its patch size."""
     for key, allowed in CHOICES.items():
         value = cfg
         for part in key.split("."):
             value = value[part]
         if value not in allowed:
             raise ValueError(f"{key} is '{value}'; expected one of {', '.join(allowed)}")
+    if cfg.CAD.MOTION.ENCODER == "vit":
+        from cad.backbones.vit import get_spec
+
+        patch, size = get_spec(cfg.CAD.VIT.ARCH).patch_size, tuple(cfg.CAD.MOTION.INPUT_SIZE)
+        if size[0] % patch or size[1] % patch:
+            # the DINOv2 patch embedding asserts it (DIOD_DINOv2 uses 490x980 on TRI-PD, 378x1260 on KITTI)
+            raise ValueError(f"CAD.MOTION.INPUT_SIZE {size} is not a multiple of {cfg.CAD.VIT.ARCH}'s patch size {patch} "
+                             "(CAD.MOTION.ENCODER vit)")
 
 
 def _add_motion_config(cfg: CN) -> None:
@@ -314,9 +356,11 @@ def _add_motion_config(cfg: CN) -> None:
     m.CLIP_LENGTH = 5
     # Model input (height, width); TRI-PD frames are resized x0.5 and cropped to 480x968.
     m.INPUT_SIZE = (480, 968)
-    # Pixel normalisation: (x/255 - 0.5)/0.5 as in DIOD.
-    m.PIXEL_MEAN = 0.5
-    m.PIXEL_STD = 0.5
+    # Pixel normalisation (x/255 - mean)/std per channel, in the networks' channel order
+    # (INPUT_FORMAT): 0.5/0.5 as DIOD; DIOD_DINOv2 applies ImageNet's RGB statistics
+    # (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) to its BGR tensors as they are.
+    m.PIXEL_MEAN = (0.5, 0.5, 0.5)
+    m.PIXEL_STD = (0.5, 0.5, 0.5)
     # Channel order the networks see: "BGR" (official: DIOD datasetPD.py / datasetPDEval.py and
     # xMOD's dataloaders read frames with cv2.imread and never convert them; the colour
     # augmentation is then applied to BGR tensors) or "RGB" (cad's earlier networks). The data
@@ -342,6 +386,13 @@ def _add_motion_config(cfg: CN) -> None:
     m.EPOCHS = 0
     # Motion-mask ids with fewer pixels than this (at input size) become background (TRI-PD: 50).
     m.MIN_MASK_AREA = 50
+    # Frame encoder of the RGB network: "resnet" (DIOD models/resnet.py, ResNet-18 from scratch) or
+    # "vit" (DIOD_DINOv2 models/model_bg_dinov2.py: the CAD.VIT ViT, dinov2_vits14 in the official
+    # code, frozen when CAD.VIT.FREEZE; its last VIT_LAYERS blocks' normalised patch tokens,
+    # concatenated and resized to stride 4). xMOD's range network is always a ResNet.
+    m.ENCODER = "resnet"
+    # "vit" encoder: number of last ViT blocks whose patch tokens are concatenated (DIOD_DINOv2: 4).
+    m.VIT_LAYERS = 4
     # Encoder: ResNet-18 layout; channels of the first stage (64 in the reference).
     m.ENCODER_WIDTH = 64
     # Encoder normalisation: "BN" (DIOD) or "GN" (GroupNorm: per-image statistics, the same in

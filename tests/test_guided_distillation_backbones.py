@@ -29,6 +29,7 @@ from cad.backbones.swin import SwinBackbone, convert_swin_checkpoint, shifted_wi
 from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, ppvit_resample_pos_embed
 from cad.checkpoint import CheckpointError, load_checkpoint
 from cad.config import add_cad_config
+from cad.engine.setup import apply_ssl_percentage
 from cad.modeling.mask2former.solver import mask2former_param_groups
 
 torch.set_num_threads(1)
@@ -185,10 +186,12 @@ def test_dinov2_large_0_4pct_configs():
     teacher = _cfg(COCO / "dinov2_large_teacher_0.4pct.yaml")
     student = _cfg(COCO / "dinov2_large_student_0.4pct.yaml")
     for cfg in (teacher, student):
-        assert cfg.MODEL.BACKBONE.NAME == "DinoV2LargeBackbone" and cfg.DATASETS.TRAIN == ("coco_2017_train_0.4pct_seed0_labeled",)
+        assert cfg.MODEL.BACKBONE.NAME == "DinoV2LargeBackbone" and cfg.SSL.PERCENTAGE == 250
+        apply_ssl_percentage(cfg)  # as tools/train_net.py builds the config
+        assert cfg.DATASETS.TRAIN == ("coco_2017_train_0.4pct_seed0_labeled",)
         assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES) == (368750, 0.0001, 100)
     assert not teacher.SSL.TRAIN_SSL and student.SSL.TRAIN_SSL
-    assert student.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert student.SSL.LABELED_SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
 
 
 # ---------------------------------------------------------------------------------------------

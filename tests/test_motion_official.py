@@ -4,7 +4,7 @@ models/resnet.py, models/ConvGRU.py; xMOD models/model_bg.py) on BGR frames."""
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 import torch
@@ -25,32 +25,49 @@ WIDTH, DIM, SLOTS, SIZE, T = 64, 16, 4, (16, 24), 3
 
 
 def official_shapes(dim: int, slots: int, size: Tuple[int, int], channels: int = 3, width: int = 64,
-                    final_kernel: int = 3) -> Dict[str, Tuple[int, ...]]:
+                    final_kernel: int = 3, vit: Optional[Tuple[int, int]] = None) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape of `SlotAttentionAutoEncoder(size, slots, dim, output_channel=channels)`'s
     state dict (no `module.`), written down from the official modules (DIOD: final_kernel 3; xMOD:
-    final_kernel = channels)."""
+    final_kernel = channels). `vit` (embed_dim, depth): DIOD_DINOv2's model, whose encoder is the
+    torch.hub DINOv2 ViT (`encoder_cnn.dinov2_backbone`, 518-px position grid) feeding its last 4
+    blocks to the ConvGRU (model_bg_dinov2.py hard-codes input_dim 384*4 for ViT-S)."""
     out: Dict[str, Tuple[int, ...]] = {}
 
     def bn(p, c):
         out.update({f"{p}.weight": (c,), f"{p}.bias": (c,), f"{p}.running_mean": (c,), f"{p}.running_var": (c,),
                     f"{p}.num_batches_tracked": ()})
 
-    r = "encoder_cnn.resnet"
-    out[f"{r}.conv1.weight"] = (width, channels, 7, 7)
-    bn(f"{r}.bn1", width)
-    cin = width
-    for i, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 1), (8 * width, 1)], 1):
-        for j in range(2):
-            p = f"{r}.layer{i}.{j}"
-            out[f"{p}.conv1.weight"] = (cout, cin if j == 0 else cout, 3, 3)
-            bn(f"{p}.bn1", cout)
-            out[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
-            bn(f"{p}.bn2", cout)
-            if j == 0 and (stride != 1 or cin != cout):
-                out[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
-                bn(f"{p}.downsample.1", cout)
-        cin = cout
-    for layer, c in enumerate([8 * width, dim]):
+    if vit is not None:
+        c, depth = vit
+        v = "encoder_cnn.dinov2_backbone"
+        out.update({f"{v}.cls_token": (1, 1, c), f"{v}.pos_embed": (1, 1 + 37 * 37, c), f"{v}.mask_token": (1, c),
+                    f"{v}.patch_embed.proj.weight": (c, 3, 14, 14), f"{v}.patch_embed.proj.bias": (c,),
+                    f"{v}.norm.weight": (c,), f"{v}.norm.bias": (c,)})
+        for i in range(depth):
+            p = f"{v}.blocks.{i}"
+            for name, shape in (("norm1", (c,)), ("norm2", (c,)), ("attn.qkv", (3 * c, c)), ("attn.proj", (c, c)),
+                                ("mlp.fc1", (4 * c, c)), ("mlp.fc2", (c, 4 * c))):
+                out.update({f"{p}.{name}.weight": shape, f"{p}.{name}.bias": shape[:1]})
+            out.update({f"{p}.ls1.gamma": (c,), f"{p}.ls2.gamma": (c,)})
+        gru_in = 4 * c
+    else:
+        r = "encoder_cnn.resnet"
+        out[f"{r}.conv1.weight"] = (width, channels, 7, 7)
+        bn(f"{r}.bn1", width)
+        cin = width
+        for i, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 1), (8 * width, 1)], 1):
+            for j in range(2):
+                p = f"{r}.layer{i}.{j}"
+                out[f"{p}.conv1.weight"] = (cout, cin if j == 0 else cout, 3, 3)
+                bn(f"{p}.bn1", cout)
+                out[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
+                bn(f"{p}.bn2", cout)
+                if j == 0 and (stride != 1 or cin != cout):
+                    out[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
+                    bn(f"{p}.downsample.1", cout)
+            cin = cout
+        gru_in = 8 * width
+    for layer, c in enumerate([gru_in, dim]):
         g = f"encoder_cnn.convGRU.cell_list.{layer}"
         out.update({f"{g}.conv_gates.weight": (2 * dim, c + dim, 3, 3), f"{g}.conv_gates.bias": (2 * dim,),
                     f"{g}.conv_can.weight": (dim, c + dim, 3, 3), f"{g}.conv_can.bias": (dim,)})
@@ -105,11 +122,9 @@ def official_file(sd: Dict[str, torch.Tensor], path: Path, epoch: int = -1) -> P
     return path
 
 
-def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel: int = 3) -> Dict[str, torch.Tensor]:
-    """The official SlotAttentionAutoEncoder.forward in train mode (BatchNorm with batch
-    statistics), written from its equations with plain torch ops. x [B, T, C, H, W] normalised,
-    channels as the official loader gives them (BGR for frames). Returns masks [B, T, K, h, w]
-    (attention softmax over slots + eps) and recon [B*T, C, H, W]."""
+def official_resnet(sd: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """DIOD models/resnet.py as model_bg.Encoder runs it, in train mode (BatchNorm with batch
+    statistics): x [B, T, C, H, W] -> [B*T, 512, h, w]."""
     b, t, c, H, W = x.shape
 
     def bn(p, v):
@@ -124,6 +139,21 @@ def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel:
             out = bn(f"{p}.bn2", F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1))
             idt = bn(f"{p}.downsample.1", F.conv2d(v, sd[f"{p}.downsample.0.weight"], stride=s)) if f"{p}.downsample.0.weight" in sd else v
             v = F.relu(out + idt)
+    return v
+
+
+def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel: int = 3) -> Dict[str, torch.Tensor]:
+    """The official SlotAttentionAutoEncoder.forward in train mode (BatchNorm with batch
+    statistics), written from its equations with plain torch ops. x [B, T, C, H, W] normalised,
+    channels as the official loader gives them (BGR for frames). Returns masks [B, T, K, h, w]
+    (attention softmax over slots + eps) and recon [B*T, C, H, W]."""
+    return official_head(sd, official_resnet(sd, x), x.shape, final_kernel)
+
+
+def official_head(sd: Dict[str, torch.Tensor], v: torch.Tensor, shape: Tuple[int, ...], final_kernel: int = 3) -> Dict[str, torch.Tensor]:
+    """Everything after the frame encoder (DIOD model_bg.py, DIOD_DINOv2 model_bg_dinov2.py):
+    encoder features v [B*T, C, h, w] of input `shape` (B, T, C, H, W) -> `official_forward`'s output."""
+    b, t, _, H, W = shape
     h, w = v.shape[-2:]
     seq = v.reshape(b, t, -1, h, w)
     for layer in range(2):  # ConvGRU: layer by layer over the whole sequence, zero initial state
@@ -406,7 +436,7 @@ def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(nam
     m = cfg.CAD.MOTION
     got = (m.INPUT_FORMAT, m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.TEACHER_BN_STATS, m.ENCODER_NORM)
     assert got == (("BGR", "joint", True, 0, "official", "batch", "BN") if official else ("RGB", "token", False, 3, "cad", "running", "GN"))
-    assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == 0.5 and m.PIXEL_STD == 0.5
+    assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == (0.5,) * 3 and m.PIXEL_STD == (0.5,) * 3
 
 
 # xMOD's cfgs/*.yaml (commit 072f78a), as written there; mode -> (meta-architecture, TEACHER_START_ITER)

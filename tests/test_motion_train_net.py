@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_tool
+from test_motion_video import decode
 
 from cad.engine.cli import run
 
@@ -44,9 +45,16 @@ def test_visualize_motion_strips_baselines_and_missing_weights(tmp_path):
     out = tmp_path / "out"
     assert run_tool("train_net.py", "--config-file", config, "OUTPUT_DIR", str(out), *TINY).returncode == 0
     vis = run_tool("visualize_motion.py", "--config-file", config, "--weights", str(out / "model_final.pth"),
-                   "--num-clips", "1", "--out", str(tmp_path / "vis"), *TINY)
+                   "--num-clips", "2", "--video", "--out", str(tmp_path / "vis"), *TINY)
     assert vis.returncode == 0, vis.stderr[-3000:]
-    assert len(list((tmp_path / "vis").glob("*.png"))) == 1
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2
+    # --video: also one captioned MP4 per video of synthetic_motion_tiny_val (2 videos of one 5-frame clip)
+    videos = sorted((tmp_path / "vis").glob("*.mp4"))
+    assert [p.name for p in videos] == ["tiny_val_scene_000000.mp4", "tiny_val_scene_000001.mp4"]
+    for path in videos:
+        frames = decode(path)  # Input | Ground truth | DIOD slots, 32x64 panels enlarged x5, captions
+        assert len(frames) == 5 and frames[0].shape == (30 + 160, 3 * 320 + 20, 3)
+        assert frames[0][40:, :320].std() > 5 and not np.array_equal(frames[0][40:, 330:650], frames[4][40:, 330:650])
     base = run_tool("visualize_motion.py", "--config-file", config, "--baselines", *TINY)
     assert base.returncode == 0, base.stderr[-3000:]
     assert json.loads(base.stdout)["all_background"]["f1_50"] == 0.0

@@ -40,13 +40,12 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from cad.backbones.d2_backbone import vit_from_cfg
+from cad.backbones.vit import HUB_INTERPOLATE_OFFSET
 
 __all__ = ["GDViTBackbone"]
 
 # (output name, stride); the official 1x1 convs give 128 * stride / 4 channels.
 _LEVELS = (("res2", 4), ("res3", 8), ("res4", 16), ("res5", 32))
-# The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py).
-HUB_INTERPOLATE_OFFSET = 0.1
 
 
 class GDViTBackbone(Backbone):

@@ -91,6 +91,9 @@ class ViTSpec:
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+# The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py), for
+# `DinoVisionTransformer.interpolate_offset`.
+HUB_INTERPOLATE_OFFSET = 0.1
 _DEIT = "https://dl.fbaipublicfiles.com/deit"
 _PPVIT = "https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2"
 

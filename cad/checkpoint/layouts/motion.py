@@ -11,6 +11,10 @@ epoch_*_3d.ckpt: 4 input channels and a 4x4 last decoder kernel). Layouts:
 - ``xmod_2d``: xMOD's 2D file (3 input channels, with 'epoch'): the same;
 - ``xmod_3d``: xMOD's 3D file (4 input channels): MODEL.WEIGHTS of the 3D-only DIOD3D (xMOD's 3d_ts
   run and `--evaluation_mode 3d`), or XMOD's 3D networks as CAD.MOTION.WEIGHTS_3D;
+- ``diod_dinov2``: DIOD_DINOv2's file (trainPD_ts_dino.py / trainKITTI_ts_dinov2.py; xMOD's
+  dino_v2/ scripts are copies and save the same): `encoder_cnn.dinov2_backbone.*` (the torch.hub
+  dinov2_vits14 state dict, frozen, saved with the rest) instead of `encoder_cnn.resnet.*`; it
+  initialises CAD.MOTION.ENCODER "vit" with CAD.VIT.ARCH dinov2_vits14;
 - ``cad_diod``: cad's own DIOD checkpoint (model_final.pth) given to XMOD (xMOD step 3): its 2D
   networks.
 
@@ -32,6 +36,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from cad.checkpoint.layouts import Companion, Layout, StateDict, register_layout
+from cad.checkpoint.layouts.dino import dinov2_to_cad
 
 # official name (without `module.`) -> cad name inside one `SlotVideoNet`
 _RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
@@ -54,14 +59,21 @@ _RENAMES: List[Tuple[str, Callable[[re.Match], str]]] = [
 _GRID = "encoder_cnn.encoder_pos.grid"
 # registered only when the official model is built on the CPU; its forward never reads them
 _UNUSED = ("slot_attention.slots_mu", "slot_attention.slots_sigma")
-_CONV1 = "encoder_cnn.resnet.conv1.weight"
+# the first layer of each official encoder: CAD.MOTION.ENCODER -> key
+_FIRST = {"resnet": "encoder_cnn.resnet.conv1.weight", "vit": "encoder_cnn.dinov2_backbone.patch_embed.proj.weight"}
+_VIT = "encoder_cnn.dinov2_backbone."
+# DIOD_DINOv2 models/model_bg_dinov2.Encoder: torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14')
+OFFICIAL_VIT = "dinov2_vits14"
 # The official network (DIOD models/model_bg.py) and its input (cv2 frames, never converted).
 OFFICIAL_NETWORK = (
     ("CAD.MOTION.TOKEN_NORM", ("joint",)),
     ("CAD.MOTION.QKV_BIAS", (True,)),
-    ("CAD.MOTION.ENCODER_NORM", ("BN",)),
 )
 BGR_INPUT = (("CAD.MOTION.INPUT_FORMAT", ("BGR",)),)
+# Each official encoder; xMOD's range network is always the BatchNorm ResNet.
+RESNET_ENCODER = (("CAD.MOTION.ENCODER_NORM", ("BN",)),)
+RGB_RESNET_ENCODER = (("CAD.MOTION.ENCODER", ("resnet",)),) + RESNET_ENCODER
+RGB_VIT_ENCODER = (("CAD.MOTION.ENCODER", ("vit",)), ("CAD.VIT.ARCH", (OFFICIAL_VIT,)))
 # DIOD's LayerNorm over [h*w, D] (`norm.*` in each network) has the feature map's size.
 RESOLUTION_TIED = ("CAD.MOTION.RESET_RESOLUTION_TIED", r"(students|teachers)\.(2d|3d)\.norm\.(weight|bias)")
 
@@ -73,25 +85,37 @@ def official_state(obj: Any) -> Optional[StateDict]:
     sd = obj["model_state_dict"]
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
-    if not isinstance(sd.get(_CONV1), torch.Tensor) or sd[_CONV1].dim() != 4:
-        return None
-    return sd
+    return sd if _encoder(sd) else None
 
 
-def _in_channels(obj: Any) -> int:
+def _encoder(sd: StateDict) -> Optional[str]:
+    """"resnet" or "vit" (the official encoder whose first layer `sd` holds), else None."""
+    for name, key in _FIRST.items():
+        if isinstance(sd.get(key), torch.Tensor) and sd[key].dim() == 4:
+            return name
+    return None
+
+
+def _kind(obj: Any) -> Tuple[Optional[str], int]:
+    """(encoder, input channels) of an official file object; (None, -1) for anything else."""
     sd = official_state(obj)
-    return -1 if sd is None else int(sd[_CONV1].shape[1])
+    if sd is None:
+        return None, -1
+    encoder = _encoder(sd)
+    return encoder, int(sd[_FIRST[encoder]].shape[1])
 
 
 def official_to_cad(sd: StateDict) -> StateDict:
     """Rename one official `SlotAttentionAutoEncoder` state dict (no `module.`) to cad's
-    `SlotVideoNet` names. The position-grid buffer is checked against `position_grid` and dropped
-    (cad computes it); unknown keys raise ValueError."""
+    `SlotVideoNet` names; DIOD_DINOv2's `dinov2_backbone` (the torch.hub DINOv2 state dict) goes to
+    `encoder.vit` in timm's names (the `dinov2` layout). The position-grid buffer is checked
+    against `position_grid` and dropped (cad computes it); unknown keys raise ValueError."""
     from cad.modeling.motion.networks import position_grid
 
-    out = {}
+    vit = {k[len(_VIT):]: v for k, v in sd.items() if k.startswith(_VIT)}
+    out = {f"encoder.vit.{k}": v for k, v in dinov2_to_cad(vit).items()} if vit else {}
     for key, value in sd.items():
-        if key in _UNUSED:
+        if key in _UNUSED or key.startswith(_VIT):
             continue
         if key == _GRID:
             _, h, w, _ = value.shape
@@ -120,7 +144,7 @@ def _not_distilling(state: StateDict) -> StateDict:
 
 
 def rgb_to_cad(obj: Any) -> StateDict:
-    """A 3-channel official file (DIOD, xMOD 2D) -> cad's 2D student and teacher, not distilling."""
+    """A 3-channel official file (DIOD, xMOD 2D, DIOD_DINOv2) -> cad's 2D student and teacher, not distilling."""
     return _not_distilling(_student_and_teacher("2d", obj))
 
 
@@ -149,22 +173,28 @@ WEIGHTS_3D = Companion("CAD.MOTION.WEIGHTS_3D", "xmod_3d", ("students.3d.", "tea
 _RGB = dict(
     to_cad=rgb_to_cad,
     archs=("DIOD", "XMOD"),
-    requires=OFFICIAL_NETWORK + BGR_INPUT,
+    requires=OFFICIAL_NETWORK + BGR_INPUT + RGB_RESNET_ENCODER,
     companion=WEIGHTS_3D,
     resolution_tied=RESOLUTION_TIED,
 )
 DIOD_LAYOUT = register_layout(Layout(
-    "diod", lambda o: _in_channels(o) == 3 and "epoch" not in o,
+    "diod", lambda o: _kind(o) == ("resnet", 3) and "epoch" not in o,
     description="DIOD trainPD_ts.py / trainKITTI_ts.py {'model_state_dict': DataParallel state dict} (student only)", **_RGB,
 ))
 XMOD_2D_LAYOUT = register_layout(Layout(
-    "xmod_2d", lambda o: _in_channels(o) == 3 and "epoch" in o,
+    "xmod_2d", lambda o: _kind(o) == ("resnet", 3) and "epoch" in o,
     description="xMOD train/utils.save_checkpoint epoch_*_2d.ckpt {'epoch', 'model_state_dict'} (student only)", **_RGB,
 ))
 XMOD_3D_LAYOUT = register_layout(Layout(
-    "xmod_3d", lambda o: _in_channels(o) == 4, range_to_cad,
+    "xmod_3d", lambda o: _kind(o) == ("resnet", 4), range_to_cad,
     "xMOD epoch_*_3d.ckpt (4-channel range network; XMOD takes it as CAD.MOTION.WEIGHTS_3D)",
-    archs=("DIOD3D",), requires=OFFICIAL_NETWORK, resolution_tied=RESOLUTION_TIED,
+    archs=("DIOD3D",), requires=OFFICIAL_NETWORK + RESNET_ENCODER, resolution_tied=RESOLUTION_TIED,
+))
+DIOD_DINOV2_LAYOUT = register_layout(Layout(
+    "diod_dinov2", lambda o: _kind(o) == ("vit", 3),
+    description="DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py (xMOD dino_v2/ alike) {'model_state_dict': "
+                "DataParallel state dict with the dinov2_vits14 backbone} (student only)",
+    **{**_RGB, "requires": OFFICIAL_NETWORK + BGR_INPUT + RGB_VIT_ENCODER},
 ))
 CAD_DIOD_LAYOUT = register_layout(Layout(
     "cad_diod", _is_cad_diod, lambda o: _not_distilling({k: v for k, v in cad_state(o).items() if k != "distilling"}),

@@ -13,7 +13,7 @@ frames in `input_format` channel order: DIOD and xMOD read frames with cv2 and n
 Inference output per clip: {"masks": float [T, K, H/4, W/4], "fg": float [T, H/4, W/4]}.
 """
 import copy
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -22,19 +22,25 @@ from torch import nn
 
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, mask_loss, masked_mse, resize_ids
-from cad.modeling.motion.networks import SlotVideoNet, bn_batch_statistics
+from cad.backbones.d2_backbone import vit_from_cfg
+from cad.modeling.motion.networks import SlotVideoNet, ViTEncoder, bn_batch_statistics
 from cad.modeling.motion.pseudo_labels import late_fusion, teacher_pseudo_labels
 
 CHANNELS = {"2d": 3, "3d": 4}
 
 
 def build_slot_network(cfg, modality: str) -> SlotVideoNet:
-    """One modality's `SlotVideoNet` from CAD.MOTION (see cad.config for each key)."""
+    """One modality's `SlotVideoNet` from CAD.MOTION (see cad.config for each key). With
+    CAD.MOTION.ENCODER "vit" the RGB network encodes frames with the CAD.VIT ViT (DIOD_DINOv2)."""
     m = cfg.CAD.MOTION
+    encoder = None
+    if m.ENCODER == "vit" and modality == "2d":
+        encoder = ViTEncoder(vit_from_cfg(cfg, cfg.CAD.VIT.ARCH), m.VIT_LAYERS, cfg.CAD.VIT.FREEZE)
     return SlotVideoNet(
         CHANNELS[modality], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
         decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM, input_size=tuple(m.INPUT_SIZE),
         token_norm=m.TOKEN_NORM, qkv_bias=m.QKV_BIAS, final_kernel=m.DECODER_FINAL_KERNEL, official_init=m.INIT == "official",
+        encoder=encoder,
     )
 
 
@@ -51,8 +57,9 @@ class _TeacherStudent(nn.Module):
     modalities: Tuple[str, ...] = ("2d",)
 
     @configurable
-    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR", pixel_mean: float = 0.5,
-                 pixel_std: float = 0.5, augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
+    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR",
+                 pixel_mean: Sequence[float] = (0.5, 0.5, 0.5), pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+                 augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
                  min_pseudo_area: int = 10, eval_net: str = "student", eval_bn_batch_stats: bool = True,
                  teacher_bn_batch_stats: bool = True, device: str = "cpu"):
         super().__init__()
@@ -63,7 +70,7 @@ class _TeacherStudent(nn.Module):
         for p in self.teachers.parameters():
             p.requires_grad_(False)
         self.register_buffer("distilling", torch.zeros((), dtype=torch.bool))
-        self.input_format, self.pixel_mean, self.pixel_std = input_format, pixel_mean, pixel_std
+        self.input_format, self.pixel_mean, self.pixel_std = input_format, tuple(pixel_mean), tuple(pixel_std)
         self.augment, self.loss_weights = dict(augment), dict(loss_weights)
         self.conf_thresh, self.min_pseudo_area, self.eval_net_name = conf_thresh, min_pseudo_area, eval_net
         self.eval_bn_batch_stats, self.teacher_bn_batch_stats = eval_bn_batch_stats, teacher_bn_batch_stats
@@ -116,7 +123,9 @@ class _TeacherStudent(nn.Module):
         return images.flip(2) if self.input_format == "BGR" else images
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.pixel_mean) / self.pixel_std
+        """[B, T, 3, H, W] in [0, 1] -> (x - mean) / std per channel (torchaug VideoNormalize)."""
+        mean, std = (x.new_tensor(v).view(-1, 1, 1) for v in (self.pixel_mean, self.pixel_std))
+        return (x - mean) / std
 
     def _losses(self, modality: str, pred: Dict, target: torch.Tensor, motion: torch.Tensor,
                 motion_conf: Optional[torch.Tensor], teacher: Optional[Dict], recon) -> Dict[str, torch.Tensor]:
