@@ -7,7 +7,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco
+from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco, register_clustered_coco
 from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
 from cad.data.motion import register_motion_datasets
@@ -22,7 +22,7 @@ from cad.data.synthetic import (
     load_shapes_multiclass,
 )
 from cad.data.synthetic_pseudo import register_pseudo_shapes
-from cad.data.voc import register_class_agnostic_voc
+from cad.data.voc import register_class_agnostic_voc, register_voc_classes
 
 # name -> (image folder, annotation JSON, README section, extra metadata), relative to the root.
 _COCO_FORMAT_SPLITS = {
@@ -35,6 +35,13 @@ _COCO_FORMAT_SPLITS = {
     "voc07_trainval_lost": ("VOC2007/JPEGImages", "pseudo_labels/lost_voc07_trainval.json", "LOST pseudo-labels", {}),
     "voc12_trainval_lost": ("VOC2012/JPEGImages", "pseudo_labels/lost_voc12_trainval.json", "LOST pseudo-labels", {}),
     "coco20k_train_lost": ("coco/train2014", "pseudo_labels/lost_coco20k_train.json", "LOST pseudo-labels", {}),
+}
+
+# LOST+OD training sets: LOST's boxes clustered into pseudo-classes (tools/cluster_pseudo_labels.py);
+# name -> (image folder, clustered JSON), relative to the root. Classes = the JSON's categories.
+_CLUSTERED_SPLITS = {
+    "voc07_trainval_lost_od": ("VOC2007/JPEGImages", "pseudo_labels/lost_od_voc07_trainval.json"),
+    "voc12_trainval_lost_od": ("VOC2012/JPEGImages", "pseudo_labels/lost_od_voc12_trainval.json"),
 }
 
 # name -> (VOC folder, image-set, year, evaluator type); LOST's trainval splits are scored by CorLoc.
@@ -51,7 +58,16 @@ def register_all(root: Path) -> None:
         register_class_agnostic_coco(name, root / ann, root / images, section, **extra)
     for name, (folder, split, year, evaluator_type) in _VOC_SPLITS.items():
         register_class_agnostic_voc(name, root / folder, split, year, evaluator_type)
+    # LOST's test sets: VOC07 test without difficult objects, class-agnostic AP (LOST+CAD,
+    # `voc_2007_test_CAD_coco_style`); VOC07 test with its 20 classes, Hungarian-matched VOC AP
+    # (LOST+OD, `voc_2007_test_coco_style` + tools/evaluate_unsupervised_detection_voc.py);
+    # COCO20k's class-agnostic ground truth (LOST+CAD, `coco20k_train_CAD_gt`).
+    register_class_agnostic_voc("voc07_test_lost_cad", root / "VOC2007", "test", 2007, "class_agnostic", drop_difficult=True)
+    register_voc_classes("voc07_test_lost_od", root / "VOC2007", "test", 2007, "voc_hungarian")
+    for name, (images, ann) in _CLUSTERED_SPLITS.items():
+        register_clustered_coco(name, root / ann, root / images, "LOST pseudo-labels")
     register_coco20k(root)
+    register_coco20k(root, "coco20k_train_lost_cad", evaluator_type="class_agnostic")
     register_imagenet_splits(root)
     for name in SHAPES_SPLITS:
         DatasetCatalog.register(name, lambda name=name: load_shapes(name, root))
