@@ -130,6 +130,15 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.LOST.MAX_OBJECTS = 1
     # Multi-object LOST stops at a seed scoring <= this (cad/discovery/lost.py).
     cfg.CAD.LOST.MIN_SCORE = 0.5
+    # Features of the last ViT block (main_lost.py --which_features): "k" keys, "q" queries, "v" values.
+    cfg.CAD.LOST.FEATURES = "k"
+    # The DINO-seg baseline (main_lost.py --dinoseg) instead of LOST, on head DINOSEG_HEAD's CLS attention.
+    cfg.CAD.LOST.DINOSEG = False
+    cfg.CAD.LOST.DINOSEG_HEAD = 4
+    # Dilation of a ResNet backbone (CAD.DISCOVERY.ARCHS dino_resnet50/resnet50; main_lost.py --resnet_dilate).
+    cfg.CAD.LOST.RESNET_DILATE = 2
+    # CorLoc without VOC's truncated/difficult objects and the images left without any (LOST --no_hard).
+    cfg.CAD.LOST.NO_HARD = False
 
     cfg.CAD.MASKCUT = CN()
     # N: normalized cuts (masks) per image (CutLER maskcut.py --N 3).
@@ -243,6 +252,8 @@ def _add_ssl_config(cfg: CN) -> None:
 # Keys that take one of a fixed set of values; `check_choices` rejects anything else.
 CHOICES = {
     "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
+    "CAD.LOST.FEATURES": ("k", "q", "v"),
+    "CAD.LOST.RESNET_DILATE": (1, 2, 4),
     "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
     "CAD.MOTION.INPUT_FORMAT": ("BGR", "RGB"),
     "CAD.MOTION.TOKEN_NORM": ("joint", "token"),

@@ -17,10 +17,8 @@ from detectron2.structures import BoxMode
 from torchvision.transforms import InterpolationMode, Resize
 
 from cad.backbones.features import normalize_image
-from cad.backbones.vit import random_vit
-from cad.discovery.cluster import (
-    DINO_INTERPOLATE_OFFSET, ClusterSettings, cluster_features, cluster_pseudo_labels, crop_box, crop_features,
-)
+from cad.backbones.vit import DINO_INTERPOLATE_OFFSET, random_vit
+from cad.discovery.cluster import ClusterSettings, cluster_features, cluster_pseudo_labels, crop_box, crop_features
 from cad.evaluation.hungarian import detections_from_results, evaluate_hungarian, gt_from_dataset_dicts
 
 # --- clustering -----------------------------------------------------------------------------

@@ -46,6 +46,8 @@ __all__ = [
     "random_vit",
     "save_random_checkpoint",
     "resolve_weights",
+    "official_file",
+    "DINO_INTERPOLATE_OFFSET",
 ]
 
 
@@ -88,6 +90,11 @@ VIT_ARCHS: Dict[str, ViTSpec] = {
 }
 
 
+# DINO's vision_transformer.py interpolate_pos_encoding: scale factor (grid + 0.1) / pretrain grid
+# (the rule of LOST's DINO, commit ba9edd1).
+DINO_INTERPOLATE_OFFSET = 0.1
+
+
 class DinoVisionTransformer(VisionTransformer):
     """timm's `VisionTransformer`, resizing its position embedding as the official DINO/DINOv2 code.
 
@@ -100,7 +107,8 @@ class DinoVisionTransformer(VisionTransformer):
 
     # None: resample to the exact patch grid (above). A number: the rule of the official DINOv2
     # torch.hub models (dinov2/models/vision_transformer.py `interpolate_pos_encoding`,
-    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
+    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run, and of DINO's own
+    # vision_transformer.py (`w0 + 0.1`, `DINO_INTERPOLATE_OFFSET`), which LOST runs: bicubic with
     # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
     interpolate_offset: Optional[float] = None
 
@@ -202,16 +210,23 @@ def _hub_checkpoint_dir() -> Path:
 def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Path:
     """The checkpoint file of `arch`: `weights` if given, else the torch.hub cache (see module doc)."""
     spec = get_spec(arch)
+    return official_file(arch, spec.url, weights)
+
+
+def official_file(arch: str, url: str, weights: Optional[Union[str, Path]] = None) -> Path:
+    """`weights` when given (it must exist), else the torch.hub cache's copy of the official file
+    `url` (`$TORCH_HOME/hub/checkpoints/<its name>`); one `WeightsNotFoundError` otherwise."""
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file '{path}' for {arch} does not exist")
         return path
-    cached = _hub_checkpoint_dir() / spec.file_name
+    file_name = url.rsplit("/", 1)[-1]
+    cached = _hub_checkpoint_dir() / file_name
     if cached.is_file():
         return cached
     raise WeightsNotFoundError(
-        f"no weights for {arch}: '{spec.file_name}' is not in the torch.hub cache; download {spec.url} "
+        f"no weights for {arch}: '{file_name}' is not in the torch.hub cache; download {url} "
         f"into '{cached.parent}' ($TORCH_HOME/hub/checkpoints) or pass the file explicitly "
         f"(--weights / CAD.VIT.WEIGHTS)"
     )

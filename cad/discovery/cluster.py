@@ -42,13 +42,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cad.backbones.features import normalize_image
+from cad.backbones.vit import DINO_INTERPOLATE_OFFSET
 from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, read_rgb
 from cad.utils.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CLUSTER_ARCH", "CROP_SIZE", "NUM_CLUSTERS", "SEED", "DINO_INTERPOLATE_OFFSET",
+    "CLUSTER_ARCH", "CROP_SIZE", "NUM_CLUSTERS", "SEED",
     "ClusterSettings", "ClusterReport", "cluster_features", "crop_box", "resize_shorter_side",
     "crop_features", "annotation_box", "cluster_pseudo_labels",
 ]
@@ -57,8 +58,6 @@ CLUSTER_ARCH = "dino_vits16"  # cluster_for_OD.py --arch vit_small --patch_size 
 CROP_SIZE = 256  # cluster_for_OD.py: pth_transforms.Resize(256, interpolation=3)
 NUM_CLUSTERS = 20  # --nb_clusters 20 (the README's LOST+OD command)
 SEED = 123  # --random_seed 123: np.random.seed before kmeans2
-# DINO's vision_transformer.py interpolate_pos_encoding: scale factor (grid + 0.1) / pretrain grid.
-DINO_INTERPOLATE_OFFSET = 0.1
 
 
 def cluster_features(features: np.ndarray, k: int = NUM_CLUSTERS, seed: int = SEED, whiten: bool = True) -> Tuple[np.ndarray, int]:

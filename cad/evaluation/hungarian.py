@@ -43,6 +43,7 @@ from scipy.optimize import linear_sum_assignment
 
 from cad.data.self_training import RESULTS_FILE
 from cad.evaluation.build import EVALUATOR_REGISTRY
+from cad.evaluation.prediction_files import image_index
 from cad.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -293,24 +294,10 @@ def gt_from_coco(coco: Mapping) -> VOCGroundTruth:
     return _gt_arrays(list(images), [c["name"] for c in categories], rows)
 
 
-def _image_index(image_keys: Sequence[Hashable]) -> Dict:
-    """Lookup of a result's `image_id`: the key itself, and its string and integer forms (the
-    reference compares VOC ids "000005" with int(...))."""
-    index: Dict = {}
-    for i, key in enumerate(image_keys):
-        index.setdefault(key, i)
-        index.setdefault(str(key), i)
-        try:
-            index.setdefault(int(key), i)
-        except (TypeError, ValueError):
-            pass
-    return index
-
-
 def detections_from_results(results: Sequence[Mapping], image_keys: Sequence[Hashable]) -> VOCDetections:
     """COCO results (image_id, category_id = cluster, bbox [x, y, w, h], score) on the images
     `image_keys`; raises ValueError when a result's image is not among them."""
-    index = _image_index(image_keys)
+    index = image_index(image_keys)
     missing = [r["image_id"] for r in results if r["image_id"] not in index]
     if missing:
         raise ValueError(f"{len(missing)} detections are on images that are not in the ground truth (first: {missing[0]!r})")

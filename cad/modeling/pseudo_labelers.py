@@ -32,7 +32,8 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch import nn
 
-from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, resolve_weights
+from cad.backbones.cnn import resolve_backbone_weights
+from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
 from cad.config import ConfigError
 from cad.discovery.export import normalize_annotation
 from cad.discovery.method import DiscoveryImage, MethodOptions, method_class
@@ -125,7 +126,7 @@ class PseudoLabeler(nn.Module):
         # Fail at build time, with one line, on an unknown architecture or a missing checkpoint.
         for arch, weights in getattr(self.method, "models", None) or [(self.method.arch, self.method.weights)]:
             if weights != "random":
-                resolve_weights(arch, weights)
+                resolve_backbone_weights(arch, weights)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -204,7 +205,10 @@ class LOST(PseudoLabeler):
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
         c = cfg.CAD.LOST
-        return {"k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE}
+        return {
+            "k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE, "features": c.FEATURES,
+            "dinoseg": c.DINOSEG, "dinoseg_head": c.DINOSEG_HEAD, "resnet_dilate": c.RESNET_DILATE,
+        }
 
 
 def _ncut_kwargs(cfg) -> Dict:
