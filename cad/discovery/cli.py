@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from cad.backbones.cnn import resolve_backbone_weights
 from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
+from cad.config import ConfigError
 from cad.data.paths import DatasetMissingError
 from cad.discovery.metrics import dataset_metrics
 from cad.discovery.method import MethodOptions, UnknownMethodError, available_methods, build_method, method_class
@@ -171,7 +172,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         summary = run_pipeline(cfg, records, args.out, args.stage)
     except (InputError, UnknownMethodError, NotADirectoryError, DatasetMissingError, WorkDirError,
-            WeightsNotFoundError, CheckpointLayoutError) as e:
+            WeightsNotFoundError, CheckpointLayoutError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyError as e:  # DatasetCatalog: unregistered split

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from cad.config import ConfigError
 from cad.discovery.method import DiscoveryImage, LazyViT, register_method
 
 __all__ = [
@@ -288,7 +289,11 @@ class LOST(LazyViT):
             else:
                 from cad.backbones.vit import DINO_INTERPOLATE_OFFSET
 
-                LazyViT.model.fget(self).interpolate_offset = DINO_INTERPOLATE_OFFSET
+                vit = LazyViT.model.fget(self)
+                vit.interpolate_offset = DINO_INTERPOLATE_OFFSET
+                heads = vit.blocks[-1].attn.num_heads
+                if self.dinoseg and not 0 <= self.dinoseg_head < heads:
+                    raise ConfigError(f"DINO-seg head {self.dinoseg_head} does not exist: {self.arch} has {heads} heads")
         return self._model
 
     @property
