@@ -155,6 +155,9 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.VOTECUT.VOTE_THRESHOLD = 0.2
     # Masks per image (CuVLER max_masks_per_img 10).
     cfg.CAD.VOTECUT.MAX_MASKS = 10
+    # Eigenvectors per model (CuVLER create_pseudo_masks.py --num-eig-vecs): 1 = the Fiedler vector;
+    # n > 1 also clusters the 3rd..(n+1)-th eigenvectors of the normalized Laplacian (dense eigh).
+    cfg.CAD.VOTECUT.NUM_EIG_VECS = 1
 
 
 def _add_mask2former_config(cfg: CN) -> None:

@@ -37,6 +37,25 @@ _COCO_FORMAT_SPLITS = {
     "coco20k_train_lost": ("coco/train2014", "pseudo_labels/lost_coco20k_train.json", "LOST pseudo-labels", {}),
 }
 
+# CuVLER's evaluation splits under CuVLER's names (shahaf-arica/CuVLER cad/data/datasets/builtin.py),
+# class-agnostic COCO AP with 100 detections (CuVLER's COCOEvaluator); ground truth of the
+# cross-domain, VOC, OpenImages and ImageNet files has boxes only. Image roots as CuVLER's except
+# ImageNet's, which CuVLER sets to imagenet/annotations while its JSONs name files under imagenet/val
+# and imagenet/train. (cls_agnostic_coco_val_17, cls_agnostic_coco20k and coco_train_17_self_training
+# are registered above / in cad.data.self_training, with the standard file names instead of
+# CuVLER's absolute author paths.)
+_BOX_ONLY = {"eval_tasks": ("bbox",)}
+_CUVLER_SPLITS = {
+    "cls_agnostic_voc": ("voc", "voc/annotations/trainvaltest_voc_2007_cls_agnostic.json", _BOX_ONLY),
+    "cls_agnostic_clipart": ("clipart", "clipart/annotations/traintest_clipart_cls_agnostic.json", _BOX_ONLY),
+    "cls_agnostic_watercolor": ("watercolor", "watercolor/annotations/traintest_watercolor_cls_agnostic.json", _BOX_ONLY),
+    "cls_agnostic_comic": ("comic", "comic/annotations/traintest_comic_cls_agnostic.json", _BOX_ONLY),
+    "cls_agnostic_openimages": ("openImages/validation", "openImages/annotations/openimages_val_cls_agnostic.json", _BOX_ONLY),
+    "cls_agnostic_lvis": ("coco", "coco/annotations/lvis1.0_cocofied_val_cls_agnostic.json", {}),
+    "cls_agnostic_imagenet_val": ("imagenet/val", "imagenet/annotations/imagenet_val_cls_agnostic.json", _BOX_ONLY),
+    "votecut_imagenet_train": ("imagenet/train", "imagenet/annotations/imagenet_votecut_pl_Kmax_3_tuam_0.2.json", {}),
+}
+
 # LOST+OD training sets: LOST's boxes clustered into pseudo-classes (tools/cluster_pseudo_labels.py);
 # name -> (image folder, clustered JSON), relative to the root. Classes = the JSON's categories.
 _CLUSTERED_SPLITS = {
@@ -56,6 +75,8 @@ def register_all(root: Path) -> None:
     """Register every predefined split of this module with Detectron2's catalogs."""
     for name, (images, ann, section, extra) in _COCO_FORMAT_SPLITS.items():
         register_class_agnostic_coco(name, root / ann, root / images, section, **extra)
+    for name, (images, ann, extra) in _CUVLER_SPLITS.items():
+        register_class_agnostic_coco(name, root / ann, root / images, "CuVLER evaluation splits", **extra)
     for name, (folder, split, year, evaluator_type) in _VOC_SPLITS.items():
         register_class_agnostic_voc(name, root / folder, split, year, evaluator_type)
     # LOST's test sets: VOC07 test without difficult objects, class-agnostic AP (LOST+CAD,

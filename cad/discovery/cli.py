@@ -61,6 +61,7 @@ def argument_parser() -> argparse.ArgumentParser:
     lost.add_argument("--resnet-dilate", type=int, choices=[1, 2, 4], help="--arch dino_resnet50/resnet50: dilation (default 2)")
     lost.add_argument("--no-hard", action="store_true", help="with --dataset: CorLoc without truncated/difficult VOC objects "
                       "and the images left without any (LOST's VOC_all setup)")
+    parser.add_argument("--num-eig-vecs", type=int, help="votecut: eigenvectors per model (CuVLER --num-eig-vecs, default 1)")
     slurm = parser.add_argument_group("SLURM (submitit job arrays: stage 1 on GPU nodes, stage 2 on CPU nodes, then merge)")
     slurm.add_argument("--slurm", action="store_true", help="submit job arrays instead of running here")
     slurm.add_argument("--shards", type=int, default=1, help="array size: number of shards of each stage")
@@ -105,8 +106,8 @@ def _device(requested: Optional[str]) -> str:
     return requested
 
 
-def lost_params(args: argparse.Namespace) -> Tuple[Tuple[str, object], ...]:
-    """The LOST options given on the command line, as `MethodOptions.params`."""
+def method_params(args: argparse.Namespace) -> Tuple[Tuple[str, object], ...]:
+    """The method-specific options given on the command line, as `MethodOptions.params`."""
     given = {
         "features": args.features, "dinoseg": args.dinoseg or None, "dinoseg_head": args.dinoseg_head,
         "resnet_dilate": args.resnet_dilate,
@@ -116,6 +117,10 @@ def lost_params(args: argparse.Namespace) -> Tuple[Tuple[str, object], ...]:
         raise InputError("--features, --dinoseg, --dinoseg-head, --resnet-dilate and --no-hard are LOST options")
     if args.dinoseg_head is not None and not args.dinoseg:
         raise InputError("--dinoseg-head needs --dinoseg")
+    if args.num_eig_vecs is not None:
+        if args.method != "votecut":
+            raise InputError("--num-eig-vecs is a VoteCut option")
+        params += (("num_eig_vecs", args.num_eig_vecs),)
     return params
 
 
@@ -140,7 +145,7 @@ def build_config(args: argparse.Namespace) -> Tuple[PipelineConfig, List[ImageRe
     if args.out.suffix != ".json":
         raise InputError(f"--out must be a .json file (got '{args.out}')")
     options = MethodOptions(
-        models=parse_models(args), device=_device(args.device), crf=not args.no_crf, params=lost_params(args)
+        models=parse_models(args), device=_device(args.device), crf=not args.no_crf, params=method_params(args)
     )
     try:
         build_method(args.method, options)  # cheap (no model loaded): checks the options

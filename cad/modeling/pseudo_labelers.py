@@ -239,5 +239,5 @@ class VoteCut(PseudoLabeler):
         v = cfg.CAD.VOTECUT
         return dict(
             _ncut_kwargs(cfg), ks=tuple(v.KS), iou_threshold=v.IOU_THRESHOLD,
-            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS,
+            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS, num_eig_vecs=v.NUM_EIG_VECS,
         )
