@@ -299,3 +299,30 @@ def test_lost_od_detector_overfits_shape_clusters(tmp_path):
     assert results["hungarian"]["AP50"] > untrained + 20, (results, untrained)
     matching = json.loads((tmp_path / "out" / "inference" / test / "hungarian_matching.json").read_text())
     assert set(matching["class_to_cluster"]) == {"ellipse", "triangle", "square"}
+
+
+def test_lost_pickle_to_pseudo_labels_and_cluster_tool_errors(tmp_path, capsys):
+    """LOST's released boxes (image name -> [x0, y0, x1, y1]) become a pseudo-label COCO dict on the split."""
+    import importlib.util
+    import pickle
+
+    from cad.data.voc import register_class_agnostic_voc
+    from cad.discovery.cluster import coco_from_lost_pickle
+    from conftest import REPO
+    from test_lost_backbones import _voc
+
+    register_class_agnostic_voc("lost_od_pickle_test", _voc(tmp_path), "trainval", 2007, "corloc")
+    (tmp_path / "LOST_VOC07.pkl").write_bytes(pickle.dumps({"000002.jpg": np.array([10.0, 20.0, 60.0, 50.0])}))
+    coco = coco_from_lost_pickle(tmp_path / "LOST_VOC07.pkl", "lost_od_pickle_test")
+    assert [im["id"] for im in coco["images"]] == [1, 2] and coco["images"][1]["file_name"].endswith("JPEGImages/000002.jpg")
+    assert [(a["image_id"], a["bbox"]) for a in coco["annotations"]] == [(2, [10.0, 20.0, 50.0, 30.0])]
+    spec = importlib.util.spec_from_file_location("cluster_tool", REPO / "tools" / "cluster_pseudo_labels.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for argv, message in [
+        (["--pseudo-labels", str(tmp_path / "LOST_VOC07.pkl")], "needs --dataset"),
+        (["--pseudo-labels", str(tmp_path / "missing.json")], "cannot read --pseudo-labels"),
+    ]:
+        assert tool.main([*argv, "--out", str(tmp_path / "o.json")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

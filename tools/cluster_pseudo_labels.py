@@ -6,7 +6,9 @@ of each crop (shorter side 256), whitened, L2-normalised, k-means (k = 20, seed 
 The output is the same JSON with `category_id` = cluster (1..K) and K `categories`, ready to train
 a class-aware detector (configs/LOST/faster_rcnn_R_50_C4_lost_od_voc07.yaml).
 
-Example:
+Examples:
+  tools/cluster_pseudo_labels.py --pseudo-labels LOST_VOC07.pkl --dataset voc07_trainval \\
+      --out $DETECTRON2_DATASETS/pseudo_labels/lost_od_voc07_trainval.json       # LOST's released boxes
   tools/cluster_pseudo_labels.py --pseudo-labels $DETECTRON2_DATASETS/pseudo_labels/lost_voc07_trainval.json \\
       --out $DETECTRON2_DATASETS/pseudo_labels/lost_od_voc07_trainval.json --features-cache lost_voc07_feats.npz
 """
@@ -18,7 +20,9 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pseudo-labels", required=True, type=Path, help="COCO JSON of boxes or masks (tools/discover.py output)")
+    parser.add_argument("--pseudo-labels", required=True, type=Path,
+                        help="COCO JSON of boxes or masks (tools/discover.py output), or LOST's .pkl of boxes with --dataset")
+    parser.add_argument("--dataset", help="the registered split a LOST .pkl was made on (e.g. voc07_trainval)")
     parser.add_argument("--out", required=True, type=Path, help="clustered COCO JSON")
     parser.add_argument("--image-root", type=Path, help="folder the JSON's file_name values are relative to (default: as written)")
     parser.add_argument("--k", type=int, default=20, help="number of clusters (default 20, the official --nb_clusters)")
@@ -34,10 +38,13 @@ def main(argv=None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(levelname)s %(message)s")
 
+    import pickle
+
     import torch
 
+    import cad  # noqa: F401  (registers the predefined splits)
     from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, build_vit
-    from cad.discovery.cluster import ClusterSettings, cluster_pseudo_labels
+    from cad.discovery.cluster import ClusterSettings, cluster_pseudo_labels, coco_from_lost_pickle
     from cad.utils.io import InputFileError, atomic_write_json, read_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,14 +52,20 @@ def main(argv=None) -> int:
     try:
         if args.k < 1 or args.crop_size < 1:
             raise ValueError("--k and --crop-size must be >= 1")
-        coco = read_json(args.pseudo_labels, "--pseudo-labels")
+        if args.pseudo_labels.suffix == ".pkl":
+            if not args.dataset:
+                raise ValueError("a LOST .pkl of boxes needs --dataset (the split it was made on)")
+            coco = coco_from_lost_pickle(args.pseudo_labels, args.dataset)
+        else:
+            coco = read_json(args.pseudo_labels, "--pseudo-labels")
         if not isinstance(coco, dict) or not {"images", "annotations"} <= set(coco):
             raise ValueError(f"--pseudo-labels '{args.pseudo_labels}' is not a COCO JSON with 'images' and 'annotations'")
         clustered, report = cluster_pseudo_labels(
             coco, lambda: build_vit(args.arch, args.weights, device=device), settings, args.weights,
             args.image_root, device, args.features_cache,
         )
-    except (InputFileError, WeightsNotFoundError, CheckpointLayoutError, ValueError) as e:
+    except (InputFileError, WeightsNotFoundError, CheckpointLayoutError, ValueError, OSError,
+            pickle.UnpicklingError, EOFError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     atomic_write_json(args.out, clustered)

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CLUSTER_ARCH", "CROP_SIZE", "NUM_CLUSTERS", "SEED",
     "ClusterSettings", "ClusterReport", "cluster_features", "crop_box", "resize_shorter_side",
-    "crop_features", "annotation_box", "cluster_pseudo_labels",
+    "crop_features", "annotation_box", "cluster_pseudo_labels", "coco_from_lost_pickle",
 ]
 
 CLUSTER_ARCH = "dino_vits16"  # cluster_for_OD.py --arch vit_small --patch_size 16
@@ -297,3 +297,24 @@ def cluster_pseudo_labels(
     out = {**coco, "info": info, "annotations": annotations,
            "categories": [{"id": i + 1, "name": f"cluster{i + 1}"} for i in range(settings.k)]}
     return out, report
+
+
+def coco_from_lost_pickle(path: Path, dataset: str) -> Dict:
+    """A pseudo-label COCO dict of LOST's pickle of boxes (main_lost.py preds.pkl, the released
+    LOST_VOC07.pkl: image name -> [x0, y0, x1, y1]) on the registered split `dataset`: image ids
+    1..N in the split's order, file names as the split's (absolute), score 1."""
+    from detectron2.data import DatasetCatalog
+
+    from cad.evaluation.prediction_files import load_prediction_boxes
+
+    if dataset not in DatasetCatalog.list():
+        raise ValueError(f"dataset '{dataset}' is not registered")
+    records = DatasetCatalog.get(dataset)
+    boxes, _ = load_prediction_boxes(Path(path), records)
+    images, annotations = [], []
+    for i, r in enumerate(records, start=1):
+        images.append({"id": i, "file_name": str(r["file_name"]), "height": int(r["height"]), "width": int(r["width"])})
+        for x0, y0, x1, y1 in boxes.get(r["image_id"], np.zeros((0, 4))).tolist():
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "score": 1.0})
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}

@@ -301,11 +301,16 @@ def detections_from_results(results: Sequence[Mapping], image_keys: Sequence[Has
     missing = [r["image_id"] for r in results if r["image_id"] not in index]
     if missing:
         raise ValueError(f"{len(missing)} detections are on images that are not in the ground truth (first: {missing[0]!r})")
+    # BoxMode.convert XYWH -> XYXY (in float32, as Detectron2 converts a list), then the reference's
+    # +1 on x0 and y0 (VOC's 1-based pixel indices) in float64
+    xywh = np.array([r["bbox"] for r in results], dtype=np.float32).reshape(-1, 4)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1).astype(np.float64)
+    boxes[:, :2] += 1.0
     return VOCDetections(
         image=np.array([index[r["image_id"]] for r in results], dtype=np.int64),
         cluster=np.array([r["category_id"] for r in results]),
         score=np.array([r["score"] for r in results], dtype=np.float64),
-        boxes=np.array([_voc_xyxy(r["bbox"], BoxMode.XYWH_ABS) for r in results], dtype=np.float64).reshape(-1, 4),
+        boxes=boxes,
     )
 
 
