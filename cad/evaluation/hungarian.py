@@ -25,7 +25,6 @@ any non-difficult ground truth is left out with a warning (the reference divides
 `evaluate_hungarian` is the one implementation; the registered `voc_hungarian` evaluator (splits
 `voc07_test_lost_od`, ...) and `tools/eval_hungarian.py` (a predictions file alone) call it.
 """
-import itertools
 import json
 import logging
 import os
@@ -36,13 +35,11 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode
-from detectron2.utils import comm
 from scipy.optimize import linear_sum_assignment
 
-from cad.data.self_training import RESULTS_FILE
 from cad.evaluation.build import EVALUATOR_REGISTRY
+from cad.evaluation.predictions import PredictionWriter
 from cad.evaluation.prediction_files import image_index
 from cad.utils.io import atomic_write_json
 
@@ -322,7 +319,7 @@ def dataset_gt(dataset_name: str) -> VOCGroundTruth:
     return gt_from_dataset_dicts(DatasetCatalog.get(dataset_name), classes)
 
 
-class HungarianVOCEvaluator(DatasetEvaluator):
+class HungarianVOCEvaluator(PredictionWriter):
     """Hungarian-matched VOC AP of a class-aware detector trained on pseudo-classes (LOST+OD).
 
     Writes `coco_instances_results.json` (category_id = the model's class index + 1, i.e. the
@@ -331,34 +328,24 @@ class HungarianVOCEvaluator(DatasetEvaluator):
     {"hungarian": {"AP", "AP50", "AP75", "AP-<class>", ...}}.
     """
 
-    def __init__(self, dataset_name: str, output_dir: Optional[str], num_clusters: int) -> None:
+    def __init__(self, dataset_name: str, output_dir: str, num_clusters: int) -> None:
+        super().__init__(dataset_name, output_dir)
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.clusters = list(range(1, num_clusters + 1))
-        self.reset()
 
-    def reset(self) -> None:
-        self._results: List[Dict] = []
-
-    def process(self, inputs, outputs) -> None:
-        for inp, out in zip(inputs, outputs):
-            for r in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
-                r["category_id"] += 1
-                self._results.append(r)
+    def category_id(self, contiguous: int) -> int:
+        return contiguous + 1
 
     def evaluate(self):
-        gathered = comm.gather(self._results, dst=0)
-        if not comm.is_main_process():
+        results = self.write_results()
+        if results is None:
             return {}
-        results = list(itertools.chain.from_iterable(gathered))
-        if self.output_dir:
-            atomic_write_json(os.path.join(self.output_dir, RESULTS_FILE), results)
         gt = dataset_gt(self.dataset_name)
         result = evaluate_hungarian(gt, detections_from_results(results, gt.image_keys), self.clusters)
         logger.info("Hungarian-matched VOC evaluation on '%s' (%d detections):\n%s", self.dataset_name, len(results), result.table())
         logger.info("Class to cluster mapping: %s", json.dumps(result.class_to_cluster))
-        if self.output_dir:
-            atomic_write_json(os.path.join(self.output_dir, MATCHING_FILE), result.to_json())
+        atomic_write_json(os.path.join(self.output_dir, MATCHING_FILE), result.to_json())
         return OrderedDict(hungarian=result.metrics())
 
 
