@@ -43,7 +43,8 @@ from cad.evaluation.predictions import PredictionWriter
 from cad.evaluation.prediction_files import image_index
 from cad.utils.io import atomic_write_json
 
-logger = logging.getLogger(__name__)
+# under Detectron2's logger, so that tools/train_net.py --eval-only prints the table and the mapping
+logger = logging.getLogger("detectron2.cad.hungarian")
 
 __all__ = [
     "IOU_THRESHOLDS", "VOCGroundTruth", "VOCDetections", "voc_ap", "best_overlaps", "voc_average_precision",
