@@ -21,10 +21,11 @@ from cad.evaluation.hungarian import VOCDetections, VOCGroundTruth, evaluate_hun
 
 
 def benchmark_clustering(objects: int = 50, arch: str = "dino_vits16", k: int = 20, kmeans_objects: int = 5011,
-                         device: str = "cpu") -> Dict[str, float]:
+                         device: str = "cpu", **vit_overrides) -> Dict[str, float]:
     """Crop features of `objects` random boxes of 500x375 images (one per image, as LOST's boxes)
-    and k-means of `kmeans_objects` random unit features (VOC07 trainval has 5011 LOST boxes)."""
-    model = build_vit(arch, "random", device=device)
+    and k-means of `kmeans_objects` random unit features (VOC07 trainval has 5011 LOST boxes);
+    `vit_overrides` shrink the ViT (tests)."""
+    model = build_vit(arch, "random", device=device, **vit_overrides)
     model.interpolate_offset = DINO_INTERPOLATE_OFFSET
     rng = np.random.default_rng(0)
     timer = PhaseTimer()
