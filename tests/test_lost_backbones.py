@@ -233,4 +233,4 @@ def test_lost_figures(small_vit, tmp_path, capsys):
     assert tuple(figures["pred"][y0 + 1, (x0 + x1) // 2]) == (255, 0, 0)
     assert figures["deg"].shape == (80, 112, 3) and len(np.unique(figures["deg"].reshape(-1, 3), axis=0)) > 1
     assert tool.main([str(tmp_path / "img.png"), "--out", str(tmp_path / "vis"), "--weights", str(tmp_path / "none.pth")]) == 2
-    assert "none.pth' for dino_vits16 does not exist" in capsys.readouterr().err
+    assert "none.pth' (dino_vits16) does not exist" in capsys.readouterr().err

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cad.backbones.vit import CheckpointLayoutError, official_file
+from cad.backbones.vit import CheckpointLayoutError
+from cad.config import ConfigError
 
 __all__ = [
     "CNN_ARCHS", "CNNSpec", "RESNET_DILATE", "LOST_STRIDE", "build_cnn", "cnn_features", "resolve_cnn_weights",
@@ -57,26 +58,29 @@ CNN_ARCHS: Dict[str, CNNSpec] = {
 
 def _spec(arch: str) -> CNNSpec:
     if arch not in CNN_ARCHS:
-        raise ValueError(f"unknown CNN architecture '{arch}'; known: {', '.join(CNN_ARCHS)}")
+        raise ConfigError(f"unknown CNN architecture '{arch}'; known: {', '.join(CNN_ARCHS)}")
     return CNN_ARCHS[arch]
 
 
-def resolve_cnn_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Path:
-    """The weights file of `arch`: `weights`, else the torch.hub cache's official file."""
-    return official_file(arch, _spec(arch).url, weights)
+def resolve_cnn_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> str:
+    """The local weights file of `arch`: `weights` (a path or a URL, downloaded once), else its
+    official file (downloaded once into torch.hub's cache, where torchvision and LOST put it)."""
+    from cad.checkpoint import weights_file
+
+    return weights_file(str(weights) if weights else None, _spec(arch).url, torch_hub=True, option=arch)
 
 
-def resolve_backbone_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Path:
+def resolve_backbone_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> str:
     """The weights file of a CNN (`CNN_ARCHS`) or ViT (`cad.backbones.vit.VIT_ARCHS`) architecture."""
     from cad.backbones.vit import resolve_weights
 
     return resolve_cnn_weights(arch, weights) if arch in CNN_ARCHS else resolve_weights(arch, weights)
 
 
-def _load(model: nn.Module, arch: str, path: Path) -> None:
+def _load(model: nn.Module, arch: str, path: str) -> None:
     from cad.checkpoint import read_weights
 
-    state = read_weights(str(path))
+    state = read_weights(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

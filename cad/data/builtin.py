@@ -7,6 +7,7 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from cad.data.cityscapes_lists import register_official_list_splits
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, register_class_agnostic_coco, register_clustered_coco
 from cad.data.coco20k import register_coco20k
 from cad.data.imagenet import register_imagenet_splits
@@ -21,6 +22,7 @@ from cad.data.synthetic import (
     load_shapes,
     load_shapes_multiclass,
 )
+from cad.data.synthetic_cityscapes import register_synthetic_cityscapes
 from cad.data.synthetic_pseudo import register_pseudo_shapes
 from cad.data.voc import register_class_agnostic_voc, register_voc_classes
 
@@ -99,6 +101,8 @@ def register_all(root: Path) -> None:
         DatasetCatalog.register(name, lambda name=name, split=split: load_shapes_multiclass(name, root, split))
         MetadataCatalog.get(name).set(evaluator_type="coco", **SHAPES_MULTICLASS_METADATA)
     register_standard_ssl_splits(root)
+    register_synthetic_cityscapes(root)
+    register_official_list_splits(root)  # Detectron2 registers cityscapes_fine_instance_seg_train itself
     register_motion_datasets(root)
 
 

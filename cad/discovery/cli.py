@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from cad.backbones.cnn import resolve_backbone_weights
-from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
-from cad.config import ConfigError
-from cad.data.paths import DatasetMissingError
 from cad.discovery.metrics import dataset_metrics
-from cad.discovery.method import MethodOptions, UnknownMethodError, available_methods, build_method, method_class
-from cad.discovery.pipeline import PipelineConfig, WorkDirError, run_pipeline
+from cad.discovery.method import MethodOptions, available_methods, build_method, method_class
+from cad.discovery.pipeline import PipelineConfig, run_pipeline
 from cad.discovery.sources import ImageRecord, list_dataset, list_image_dir, parse_shard
+from cad.errors import UserError, report
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +25,7 @@ EXAMPLES = """examples:
 """
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad command-line input, reported as one line."""
 
 
@@ -44,8 +42,9 @@ def argument_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", help="a registered split (e.g. voc07_trainval); with ground truth, prints CorLoc/AP")
     parser.add_argument("--out", type=Path, required=True, help="output COCO JSON")
     parser.add_argument("--arch", help="ViT architecture (e.g. dino_vits16); default: the method's own")
-    parser.add_argument("--weights", help="checkpoint of --arch in the official key layout (default: torch.hub cache)")
-    parser.add_argument("--models", help="several ViTs in order, A=W,A=W,... (W may be empty: torch.hub cache)")
+    parser.add_argument("--weights", help="checkpoint of --arch in the official key layout: a path or a URL "
+                        "(default: the official file, downloaded once into the torch.hub cache)")
+    parser.add_argument("--models", help="several ViTs in order, A=W,A=W,... (W may be empty: the official file)")
     parser.add_argument("--shard", default="0/1", help="I/N: run only block I of N of the image list (default 0/1)")
     parser.add_argument("--workers", type=int, default=1, help="stage-2 (CPU) processes (default 1)")
     parser.add_argument("--device", help="stage-1 device, cpu or cuda (default: cuda when available)")
@@ -125,12 +124,10 @@ def method_params(args: argparse.Namespace) -> Tuple[Tuple[str, object], ...]:
 
 
 def _check_weights(models: Sequence[Tuple[str, Optional[str]]]) -> None:
-    """Fail before any work when an architecture is unknown or its checkpoint is missing."""
+    """Fail before any work when an architecture is unknown or its checkpoint cannot be had (a URL
+    or an absent official file is downloaded now, once)."""
     for arch, weights in models:
-        try:
-            resolve_backbone_weights(arch, weights)
-        except ValueError as e:
-            raise InputError(str(e)) from None
+        resolve_backbone_weights(arch, weights)
 
 
 def build_config(args: argparse.Namespace) -> Tuple[PipelineConfig, List[ImageRecord]]:
@@ -149,6 +146,8 @@ def build_config(args: argparse.Namespace) -> Tuple[PipelineConfig, List[ImageRe
     )
     try:
         build_method(args.method, options)  # cheap (no model loaded): checks the options
+    except UserError:
+        raise
     except ValueError as e:
         raise InputError(str(e)) from None
     if args.stage in ("1", "all") and not args.slurm:
@@ -176,10 +175,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             print(submit_arrays(args, cfg, run))
             return 0
         summary = run_pipeline(cfg, records, args.out, args.stage)
-    except (InputError, UnknownMethodError, NotADirectoryError, DatasetMissingError, WorkDirError,
-            WeightsNotFoundError, CheckpointLayoutError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     except KeyError as e:  # DatasetCatalog: unregistered split
         if args.dataset and args.dataset in str(e):
             print(f"error: dataset '{args.dataset}' is not registered", file=sys.stderr)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 import numpy as np
 import torch
 
+from cad.errors import UserError
+
 # name ("lost", "maskcut", "votecut") -> class following `DiscoveryMethod`.
 DISCOVERY_METHODS: Dict[str, type] = {}
 
@@ -101,7 +103,7 @@ class DiscoveryMethod(Protocol):
         ...
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(UserError, KeyError):
     """A method name that is neither registered nor a module `cad.discovery.<name>`."""
 
     def __str__(self) -> str:
