@@ -146,6 +146,16 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.LOST.MAX_OBJECTS = 1
     # Multi-object LOST stops at a seed scoring <= this (cad/discovery/lost.py).
     cfg.CAD.LOST.MIN_SCORE = 0.5
+    # Features of the last ViT block (main_lost.py --which_features): "k" keys, "q" queries, "v" values.
+    cfg.CAD.LOST.FEATURES = "k"
+    # The DINO-seg baseline (main_lost.py --dinoseg) instead of LOST: box of the largest CLS-attention component.
+    cfg.CAD.LOST.DINOSEG = False
+    # Attention head of the last block whose CLS attention DINO-seg uses (main_lost.py --dinoseg_head).
+    cfg.CAD.LOST.DINOSEG_HEAD = 4
+    # Dilation of a ResNet backbone (CAD.DISCOVERY.ARCHS dino_resnet50/resnet50; main_lost.py --resnet_dilate).
+    cfg.CAD.LOST.RESNET_DILATE = 2
+    # CorLoc without VOC's truncated/difficult objects and the images left without any (LOST --no_hard).
+    cfg.CAD.LOST.NO_HARD = False
 
     cfg.CAD.MASKCUT = CN()
     # N: normalized cuts (masks) per image (CutLER maskcut.py --N 3).
@@ -162,6 +172,9 @@ def _add_discovery_config(cfg: CN) -> None:
     cfg.CAD.VOTECUT.VOTE_THRESHOLD = 0.2
     # Masks per image (CuVLER max_masks_per_img 10).
     cfg.CAD.VOTECUT.MAX_MASKS = 10
+    # Eigenvectors per model (CuVLER create_pseudo_masks.py --num-eig-vecs): 1 = the Fiedler vector;
+    # n > 1 also clusters the 3rd..(n+1)-th eigenvectors of the normalized Laplacian (dense eigh).
+    cfg.CAD.VOTECUT.NUM_EIG_VECS = 1
 
 
 def _add_mask2former_config(cfg: CN) -> None:
@@ -315,6 +328,8 @@ def _add_ssl_config(cfg: CN) -> None:
 # Keys that take one of a fixed set of values; `check_choices` rejects anything else.
 CHOICES = {
     "SOLVER.OPTIMIZER": ("SGD", "ADAMW"),
+    "CAD.LOST.FEATURES": ("k", "q", "v"),
+    "CAD.LOST.RESNET_DILATE": (1, 2, 4),
     "INPUT.MASK2FORMER_AUGMENTATION": ("resize_flip", "lsj", "mask_former_instance"),
     "CAD.BEST_CHECKPOINT_MODE": ("max", "min"),
     "CAD.MOTION.ENCODER": ("resnet", "vit"),

@@ -54,6 +54,7 @@ __all__ = [
     "random_vit",
     "save_random_checkpoint",
     "resolve_weights",
+    "DINO_INTERPOLATE_OFFSET",
     "ppvit_resample_pos_embed",
 ]
 
@@ -94,6 +95,9 @@ _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
 # The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py), for
 # `DinoVisionTransformer.interpolate_offset`.
 HUB_INTERPOLATE_OFFSET = 0.1
+# DINO's own vision_transformer.py `interpolate_pos_encoding` (w0 + 0.1): the rule of LOST's DINO
+# (facebookresearch/dino ba9edd1), for `interpolate_offset` of LOST's ViTs.
+DINO_INTERPOLATE_OFFSET = 0.1
 _DEIT = "https://dl.fbaipublicfiles.com/deit"
 _PPVIT = "https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2"
 
@@ -129,7 +133,8 @@ class DinoVisionTransformer(VisionTransformer):
 
     # None: resample to the exact patch grid (above). A number: the rule of the official DINOv2
     # torch.hub models (dinov2/models/vision_transformer.py `interpolate_pos_encoding`,
-    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
+    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run, and of DINO's own
+    # vision_transformer.py (`w0 + 0.1`, `DINO_INTERPOLATE_OFFSET`), which LOST runs: bicubic with
     # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
     interpolate_offset: Optional[float] = None
     # Mode of the exact-grid resampling (interpolate_offset None): "bicubic" (DINO, DINOv2) or

@@ -117,6 +117,7 @@ def _manifest(cfg: PipelineConfig, records: Sequence[ImageRecord]) -> Dict:
         "method": cfg.method,
         "models": [list(m) for m in cfg.options.models],
         "crf": cfg.options.crf,
+        **({"params": [list(p) for p in cfg.options.params]} if cfg.options.params else {}),
         "chunk_size": cfg.chunk_size,
         "num_images": len(records),
         "images_sha1": hashlib.sha1(listing).hexdigest(),

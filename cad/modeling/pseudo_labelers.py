@@ -32,7 +32,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch import nn
 
-from cad.backbones.vit import resolve_weights
+from cad.backbones.cnn import resolve_backbone_weights
 from cad.config import ConfigError
 from cad.discovery.export import normalize_annotation
 from cad.discovery.method import DiscoveryImage, MethodOptions, method_class
@@ -126,7 +126,7 @@ class PseudoLabeler(nn.Module):
         # (a URL or an absent official file is downloaded now).
         for arch, weights in getattr(self.method, "models", None) or [(self.method.arch, self.method.weights)]:
             if weights != "random":
-                resolve_weights(arch, weights)
+                resolve_backbone_weights(arch, weights)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -202,7 +202,10 @@ class LOST(PseudoLabeler):
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
         c = cfg.CAD.LOST
-        return {"k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE}
+        return {
+            "k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE, "features": c.FEATURES,
+            "dinoseg": c.DINOSEG, "dinoseg_head": c.DINOSEG_HEAD, "resnet_dilate": c.RESNET_DILATE,
+        }
 
 
 def _ncut_kwargs(cfg) -> Dict:
@@ -233,5 +236,5 @@ class VoteCut(PseudoLabeler):
         v = cfg.CAD.VOTECUT
         return dict(
             _ncut_kwargs(cfg), ks=tuple(v.KS), iou_threshold=v.IOU_THRESHOLD,
-            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS,
+            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS, num_eig_vecs=v.NUM_EIG_VECS,
         )
