@@ -1,4 +1,4 @@
-"""Guided Distillation on Cityscapes: the configs equal to the official ones, the official
+"""Guided Distillation on Cityscapes: the configs (every backbone) equal to the official ones, the official
 labeled lists, CityscapesInstanceEvaluator, and the README's example commands on a generated
 Cityscapes-layout split (registration -> stage 1 -> stage 2 -> evaluation)."""
 import json
@@ -11,6 +11,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Instances
 from PIL import Image
 
@@ -91,9 +92,14 @@ NOT_IN_CAD = {
 
 
 def _merged(path: Path):
+    return _merged_with(path, [])
+
+
+def _merged_with(path: Path, opts):
     cfg = get_cfg()
     add_cad_config(cfg)
     cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
     return cfg
 
 
@@ -117,6 +123,95 @@ def test_configs_equal_the_official_ones_key_by_key():
             assert (variant.SSL.PERCENTAGE, variant.SSL.TRAIN_SSL) == (pct, ssl)
             variant.merge_from_list(["SSL.PERCENTAGE", "100", "SSL.TRAIN_SSL", "True", "OUTPUT_DIR", cfg.OUTPUT_DIR])
             assert variant == cfg  # nothing else differs from the official file
+
+
+
+# The official Cityscapes configs of the other backbones (configs/cityscapes/instance-segmentation/,
+# GuidedDistillation b48f2a8; each _BASE_ maskformer2_R50_bs16_90k.yaml), by cad's names: cad config
+# (the official file's path) -> (every value the official file sets, the COCO config of the same
+# backbone). The DeiT and DINOv2 files also carry the Swin-B MODEL.SWIN block (EMBED_DIM 128, ...,
+# PRETRAIN_IMG_SIZE 384), which their backbones do not read: left out, as in the COCO ViT configs.
+_OFFICIAL_MEAN_STD = {"MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530], "MODEL.PIXEL_STD": [58.395, 57.120, 57.375]}
+
+
+def _swin(embed, depths, heads, window, weights, **extra):
+    return {"MODEL.BACKBONE.NAME": "D2SwinTransformer", "MODEL.SWIN.EMBED_DIM": embed, "MODEL.SWIN.DEPTHS": depths,
+            "MODEL.SWIN.NUM_HEADS": heads, "MODEL.SWIN.WINDOW_SIZE": window, "MODEL.SWIN.APE": False,
+            "MODEL.SWIN.DROP_PATH_RATE": 0.3, "MODEL.SWIN.PATCH_NORM": True, "MODEL.WEIGHTS": weights,
+            **_OFFICIAL_MEAN_STD, **extra}
+
+
+def _vit(name):
+    return {"MODEL.BACKBONE.NAME": name, "MODEL.WEIGHTS": "", **_OFFICIAL_MEAN_STD}
+
+
+OFFICIAL_BACKBONES = {
+    "maskformer2_R101_bs16_90k.yaml": ({
+        "MODEL.WEIGHTS": "R-101.pkl", "MODEL.RESNETS.DEPTH": 101, "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+        "MODEL.RESNETS.NORM": "SyncBN"}, "maskformer2_R101_bs16_50ep.yaml"),
+    "swin/maskformer2_swin_tiny_bs16_90k.yaml": (
+        _swin(96, [2, 2, 6, 2], [3, 6, 12, 24], 7, "swin_tiny_patch4_window7_224.pkl"), "swin/maskformer2_swin_tiny_bs16_50ep.yaml"),
+    "swin/maskformer2_swin_small_bs16_90k.yaml": (
+        _swin(96, [2, 2, 18, 2], [3, 6, 12, 24], 7, "swin_small_patch4_window7_224.pkl"), "swin/maskformer2_swin_small_bs16_50ep.yaml"),
+    "swin/maskformer2_swin_base_IN21k_384_bs16_90k.yaml": (
+        _swin(128, [2, 2, 18, 2], [4, 8, 16, 32], 12, "swin_base_patch4_window12_384_22k.pkl", **{"MODEL.SWIN.PRETRAIN_IMG_SIZE": 384}),
+        "swin/maskformer2_swin_base_IN21k_384_bs16_50ep.yaml"),
+    "swin/maskformer2_swin_large_IN21k_384_bs16_90k.yaml": (
+        _swin(192, [2, 2, 18, 2], [6, 12, 24, 48], 12, "swin_large_patch4_window12_384_22k.pkl",
+              **{"MODEL.SWIN.PRETRAIN_IMG_SIZE": 384, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 200}),
+        "swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml"),
+    # "b14" is only the file's name: DeiTBaseBackbone is torch.hub's deit_base_patch16_384 (patch 16)
+    "deit/maskformer2_deit_base_b14_bs16_90k.yaml": (_vit("DeiTBaseBackbone"), "deit/maskformer2_deit_base_bs16_50ep.yaml"),
+    "dinov2/maskformer2_dinov2_b14_bs16_90k.yaml": (_vit("DinoV2BaseBackbone"), "Base-DINOv2-teacher.yaml"),
+    "dinov2/maskformer2_dinov2_l14_bs16_90k.yaml": (_vit("DinoV2LargeBackbone"), "dinov2/maskformer2_dinov2_large_bs16_50ep.yaml"),
+}
+
+
+def _set(cfg, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        cfg = cfg[part]
+    cfg[leaf] = value
+
+
+@pytest.mark.parametrize("config", sorted(OFFICIAL_BACKBONES))
+def test_backbone_configs_equal_the_official_ones_key_by_key(config):
+    official, _ = OFFICIAL_BACKBONES[config]
+    cfg, r50 = _merged(CITYSCAPES / config), _merged(R50)
+    for key, value in official.items():
+        got = _get(cfg, key)
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (config, key)
+        _set(cfg, key, _get(r50, key))
+    for key in NOT_IN_CAD:
+        with pytest.raises(KeyError):
+            _get(cfg, key)
+    assert cfg == r50  # every other value is the official R50 file's (pinned by OFFICIAL_R50)
+
+
+@pytest.mark.parametrize("config", sorted(OFFICIAL_BACKBONES))
+def test_backbone_configs_build_and_run_at_cityscapes_sizes(config):
+    """Full size on the meta device (no weights): the model builds; its backbone has the names and
+    shapes of the COCO config's (pinned against the official backbones by
+    tests/test_guided_distillation_backbones.py); the backbone runs on the training crop (512 x 1024)
+    and the test size (1024 x 2048): DINOv2 rounds them up to 518 x 1036 / 1036 x 2058 (37 x 74 /
+    74 x 147 tokens), DeiT keeps them (32 x 64 / 64 x 128), Swin pads its windows, as the official code."""
+    opts = ["CAD.VIT.WEIGHTS", "random", "MODEL.DEVICE", "meta"]
+    cfg = _merged(CITYSCAPES / config)
+    cfg.merge_from_list(opts)
+    with torch.device("meta"):
+        model = build_model(cfg)
+        coco = build_backbone(_merged_with(REPO / "configs/GuidedDistillation/coco" / OFFICIAL_BACKBONES[config][1],
+                                           [*opts, "MODEL.RESNETS.NORM", "SyncBN"]))
+    assert {k: v.shape for k, v in model.backbone.state_dict().items()} == {k: v.shape for k, v in coco.state_dict().items()}
+    assert model.sem_seg_head.predictor.class_embed.out_features == 8 + 1
+    assert model.sem_seg_head.predictor.query_feat.num_embeddings == cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    shapes = model.backbone.output_shape()
+    for height, width in ((512, 1024), (1024, 2048)):
+        with torch.no_grad():
+            out = model.backbone(torch.empty(1, 3, height, width, device="meta"))
+        assert {k: tuple(v.shape) for k, v in out.items()} == {
+            k: (1, s.channels, height // s.stride, width // s.stride) for k, s in shapes.items()}
 
 
 @pytest.fixture(scope="module")
