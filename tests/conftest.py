@@ -21,8 +21,10 @@ os.environ["CAD_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tool_runner import fork_safe, run_forked, track_threads  # noqa: E402
 
 torch.set_num_threads(1)
+track_threads()
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "MaskRCNN" / "mask_rcnn_R_18_FPN_synthetic_demo.yaml"
@@ -44,7 +46,11 @@ TINY_OPTS = [
 
 
 def run_tool(script: str, *args: str, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `tools/<script>` with this interpreter; returns the completed process (text output)."""
+    """Run `tools/<script>` as its own process (text output): forked from this one, which has the
+    heavy imports done (`tool_runner`), or a new interpreter when `env` changes the environment
+    (read when cad is imported, e.g. DETECTRON2_DATASETS) or forking is not safe."""
+    if env is None and fork_safe():
+        return run_forked(REPO / "tools" / script, args, REPO, timeout)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "tools" / script), *args],

@@ -8,14 +8,7 @@ from torchvision.ops import roi_align
 
 from cad.modeling.roi_align import ROIAlignThreadedBackward, roi_align_input_grad, use_threaded_roi_align_backward
 from conftest import TINY_CONFIG, TINY_OPTS
-
-
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+from tool_runner import call_forked
 
 
 def _rois(n: int, batch: int, size: float, generator: torch.Generator) -> torch.Tensor:
@@ -41,7 +34,9 @@ def test_chunked_gradient_equals_torchvision(sampling_ratio, aligned, chunks):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_module_matches_detectron2_roialign(two_threads):
+def _outputs_and_grads_with_two_threads():
+    """(output, input gradient) of Detectron2's ROIAlign and of the threaded backward, on 2 threads."""
+    torch.set_num_threads(2)
     g = torch.Generator().manual_seed(1)
     rois = _rois(50, 3, 64.0, g)
     feat = torch.randn(3, 4, 16, 16, generator=g)
@@ -51,6 +46,11 @@ def test_module_matches_detectron2_roialign(two_threads):
         out = cls((14, 14), 0.25, 0, True)(x, rois)
         (out * torch.arange(out.numel()).reshape(out.shape).sin()).sum().backward()
         grads.append((out.detach(), x.grad))
+    return grads
+
+
+def test_module_matches_detectron2_roialign():
+    grads = call_forked(_outputs_and_grads_with_two_threads)  # threads in a fork: tool_runner
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=1e-5)
 

@@ -7,6 +7,7 @@ torchvision's own backward kernel on each chunk in parallel (the op releases the
 partial gradients. The forward and the CUDA path are torchvision's, unchanged.
 """
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Tuple
 
@@ -17,6 +18,15 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _pool: Optional[ThreadPoolExecutor] = None
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, so start a new pool."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
