@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from detectron2.data import DatasetCatalog
 
 from cad.data.coco import register_class_agnostic_coco
 from cad.data.synthetic import _shape_mask, _texture
@@ -49,10 +50,15 @@ def write_instance_coco(folder: Path, name: str, num_images: int, height: int, w
         assert ok, "JPEG encoding failed"
         atomic_write_bytes(folder / "images" / file_name, jpg.tobytes())
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-    json_path = folder / "annotations.json"
-    atomic_write_json(json_path, {"images": images, "annotations": annotations,
-                                  "categories": [{"id": 1, "name": "object"}]})
-    register_class_agnostic_coco(name, json_path, folder / "images", section="benchmark data")
+    atomic_write_json(folder / "annotations.json", {"images": images, "annotations": annotations,
+                                                    "categories": [{"id": 1, "name": "object"}]})
+    return register_instance_coco(folder, name)
+
+
+def register_instance_coco(folder: Path, name: str) -> str:
+    """Register the split `write_instance_coco` wrote in `folder` as `name` (in each process)."""
+    if name not in DatasetCatalog.list():
+        register_class_agnostic_coco(name, Path(folder) / "annotations.json", Path(folder) / "images", section="benchmark data")
     return name
 
 
