@@ -79,7 +79,7 @@ def _loader(workers: int, seed: int):
                         "INPUT.RANDOM_FLIP", "horizontal"]
     cfg = build_cfg(argparse.Namespace(config_file=str(CASCADE), opts=opts))
     seed_all_rng(seed)  # as train_net's setup: the TrainingSampler's shuffle seed
-    return cfg, CopyPasteTrainer.build_train_loader(cfg)
+    return cfg, CopyPasteTrainer.build_step_loader(cfg)
 
 
 def _take(loader, n):

@@ -1,7 +1,7 @@
 """Copy-paste on mapped batches: masks, boxes, scores and pixels stay consistent."""
 import numpy as np
 import torch
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 
 from cad.data.copy_paste import CopyPaste, CopyPasteParams, copy_paste_batch, mask_boxes, paste_objects
 

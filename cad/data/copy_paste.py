@@ -17,7 +17,7 @@ are thresholded at 0.5 (not any non-zero value), a random number of objects is u
 recomputed from masks (the reference swaps x/y offsets when the target has no objects).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
