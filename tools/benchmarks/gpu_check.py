@@ -436,7 +436,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", nargs="+", choices=[*TRAINING, *METHODS], help="a subset of families and methods")
     parser.add_argument("--steps", type=int, default=8, help="training iterations per family")
     parser.add_argument("--warmup", type=int, default=3, help="first iterations left out of the timings")
-    parser.add_argument("--images", type=int, default=4, help="images per discovery method")
+    parser.add_argument("--images", type=int, default=2, help="images per discovery method")
     parser.add_argument("--hub-weights", action="store_true", help="official ViT weights from the torch.hub cache")
     parser.add_argument("--tiny", action="store_true", help="tiny models and inputs (the test suite)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON line")
