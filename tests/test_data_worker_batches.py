@@ -8,14 +8,15 @@ import argparse
 import random
 
 import numpy as np
-import pytest
 import torch
 from detectron2.data import build_detection_train_loader
+from detectron2.data import detection_utils as utils
 from detectron2.data.common import AspectRatioGroupedDataset
 from detectron2.utils.env import seed_all_rng
+from PIL import Image
 
 from cad.data.mapper import CadDatasetMapper
-from cad.data.worker_batches import BatchMapDataset, GroupedBatchSampler, aspect_groups, seeded_global_rngs
+from cad.data.worker_batches import BatchMapDataset, GroupedBatchSampler, aspect_groups, image_size, seeded_global_rngs
 from cad.engine.copy_paste_trainer import CopyPasteTrainer
 from cad.engine.setup import build_cfg
 from conftest import REPO, TINY_OPTS
@@ -34,8 +35,18 @@ def test_grouped_batches_are_detectron2s():
     assert {len(set(groups[b])) for _, b in ours} == {1} and len(theirs) >= 60
     plain = [b for _, b in GroupedBatchSampler(stream, 3)]
     assert plain == [stream[i: i + 3] for i in range(0, 198, 3)]
-    with pytest.raises(ValueError, match="'b.jpg' has none"):
-        aspect_groups([{"width": 1, "height": 2}, {"file_name": "b.jpg"}])
+
+
+def test_images_without_size_are_grouped_by_their_rotated_header(tmp_path):
+    """Detectron2 reads sizes when mapping (EXIF rotation applied); the sampler reads the header."""
+    plain, rotated = tmp_path / "plain.jpg", tmp_path / "rotated.jpg"
+    Image.new("RGB", (30, 20)).save(plain)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated by 90 degrees: displayed 20 wide, 30 high
+    Image.new("RGB", (30, 20)).save(rotated, exif=exif)
+    dicts = [{"file_name": str(plain)}, {"file_name": str(rotated)}, {"width": 5, "height": 9}]
+    assert aspect_groups(dicts).tolist() == [0, 1, 1]
+    assert image_size(dicts[1]) == (20, 30) == utils.read_image(str(rotated)).shape[1::-1]
 
 
 def test_global_generators_are_seeded_then_restored():

@@ -13,7 +13,8 @@ Design: the *grouping* moves into the sampler and the *batch* into the workers.
   (width > height) and the rest, a batch as soon as a bucket holds B images; it reads
   width/height from the dataset dicts, which are the sizes the mapped dicts carry (Detectron2
   groups on the mapped dicts' "width"/"height", the original image size). Without grouping,
-  consecutive runs of B indices (as Detectron2's `batch_size=B, drop_last=True`).
+  consecutive runs of B indices (as Detectron2's `batch_size=B, drop_last=True`). A dict without
+  width/height is sized from its image header (with the EXIF rotation Detectron2 applies).
 - `BatchMapDataset` (a worker): item `(position, indices)` -> the mapped batch, then the batch
   transform (copy-paste), so the training process only receives a finished batch (its tensors
   come through shared memory).
@@ -42,25 +43,35 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger(__name__)
+
+EXIF_ORIENTATION = 0x0112  # EXIF tag of the orientation Detectron2's read_image applies
 
 # (batch, rng) -> batch: a transform of a whole mapped per-GPU batch, run in the worker.
 BatchTransform = Callable[[List[Dict], np.random.Generator], List[Dict]]
 
 
+def image_size(d: Dict) -> Tuple[int, int]:
+    """(width, height) of a dataset dict: its "width"/"height", else the image file's header with
+    its EXIF rotation applied (the size Detectron2's mapper then writes into the dict)."""
+    if "width" in d and "height" in d:
+        return d["width"], d["height"]
+    with Image.open(d["file_name"]) as im:
+        width, height = im.size
+        rotated = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # transposed or rotated by 90/270
+    return (height, width) if rotated else (width, height)
+
+
 def aspect_groups(dicts: Sequence[Dict]) -> np.ndarray:
     """Group of each dataset dict as `AspectRatioGroupedDataset` buckets it: 0 when width > height,
-    else 1. (N,) uint8. Raises ValueError naming the first dict without "width"/"height"."""
-    try:
-        return np.fromiter((0 if d["width"] > d["height"] else 1 for d in dicts), dtype=np.uint8, count=len(dicts))
-    except KeyError:
-        missing = next(d for d in dicts if "width" not in d or "height" not in d)
-        raise ValueError(
-            f"aspect-ratio grouping needs 'width' and 'height' in every dataset dict; "
-            f"'{missing.get('file_name', missing)}' has none (or set DATALOADER.ASPECT_RATIO_GROUPING False)"
-        ) from None
+    else 1. (N,) uint8. Dicts without "width"/"height" are sized from their image headers."""
+    missing = sum(1 for d in dicts if "width" not in d or "height" not in d)
+    if missing:
+        logger.info("Aspect-ratio grouping: reading the size of %d images without width/height from their files", missing)
+    return np.fromiter((0 if w > h else 1 for w, h in map(image_size, dicts)), dtype=np.uint8, count=len(dicts))
 
 
 class GroupedBatchSampler(Sampler):
