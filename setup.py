@@ -33,5 +33,7 @@ setup(
         "tqdm>4.29.0",
         "submitit>=1.5",
         "pydensecrf2==1.1",
+        "cityscapesscripts>=2.2",  # Cityscapes evaluation and loading (Guided Distillation)
+        "shapely>=2",
     ],
 )

@@ -41,6 +41,9 @@ log "installing torch/torchvision"
 
 log "installing cad's dependencies"
 "${pip[@]}" install -q -r "$root/install/requirements-cad.txt"
+# Without its declared dependencies: one of them is the obsolete `typing` backport (its other
+# dependencies are in requirements-cad.txt).
+"${pip[@]}" install -q --no-deps 'cityscapesscripts>=2.2'
 
 d2_marker="$venv/.cad-detectron2-patch"
 d2_want="$d2_sha256 $(sha256sum "$patch_file" | cut -d' ' -f1)"

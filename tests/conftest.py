@@ -15,6 +15,10 @@ else:
     os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="cad-test-ds-")
     atexit.register(shutil.rmtree, os.environ["DETECTRON2_DATASETS"], ignore_errors=True)
 
+# Tests never reach the network: an official file or a URL that is not in the cache is an error
+# (offline mode). The download tests serve files on 127.0.0.1 and unset it (test_checkpoint_sources.py).
+os.environ["CAD_OFFLINE"] = "1"
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -63,6 +63,16 @@ def test_missing_config_is_one_line(tmp_path, capsys, monkeypatch, script, argv)
 
 
 
+def test_lost_od_benchmark_functions():
+    spec = importlib.util.spec_from_file_location("bench_lost_od", REPO / "tools" / "benchmarks" / "lost_od.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.benchmark_clustering(objects=1, kmeans_objects=60, k=3, depth=1, embed_dim=48, num_heads=2)
+    assert r["objects_per_s"] > 0 and r["kmeans_s"] > 0 and r["kmeans_objects"] == 60
+    h = bench.benchmark_hungarian(images=20, classes=3, clusters=4, dets_per_image=5)
+    assert h["detections"] == 100 and h["hungarian_s"] > 0 and 0 <= h["AP50"] <= 100
+
+
 def test_data_throughput_benchmark_script():
     proc = run_tool("benchmarks/data_throughput.py", "--tiny", "--families", "cascade", "diod", "--steps", "2", "--warmup", "1",
                     "--step-time", "0.05", "--json")

@@ -18,7 +18,7 @@ from cad.checkpoint.loader import CadCheckpointer, CheckpointError, load_checkpo
 from cad.engine.predict import build_loaded_model
 from cad.engine.setup import ConfigError, build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
-from cad.modeling.torchvision_resnet import convert_torchvision_checkpoint
+from cad.checkpoint.convert import convert_torchvision_checkpoint
 
 from conftest import REPO, TINY_CONFIG, TINY_OPTS, run_tool
 
@@ -195,6 +195,10 @@ def test_backbone_only_initialisation(tiny, tmp_path, caplog):
     assert torch.equal(model.state_dict()["backbone.bottom_up.stem.conv1.weight"], resnet.conv1.weight)
     line = next(r.getMessage() for r in caplog.records if "Backbone-only" in r.getMessage())
     assert re.search(r"loaded 60 backbone tensors \(100 in the file, 40 unused", line), line
+    # the torchvision file itself (torchvision_resnet layout, converted in memory) does the same
+    direct = _model(cfg)
+    load_checkpoint(direct, str(tv), cfg, for_training=True)
+    _assert_same_state(model, direct)
 
     with pytest.raises(CheckpointError, match="backbone-only initialisation .*evaluation needs a full model"):
         load_checkpoint(_model(cfg), str(pkl), cfg)
@@ -217,15 +221,17 @@ def test_build_loaded_model_equals_saved(tiny):
     _assert_same_state(model, loaded)
 
 
-def test_train_net_eval_only_text_file_is_one_line(tmp_path):
+@pytest.mark.parametrize("num_gpus", ["1", "2"])
+def test_train_net_eval_only_text_file_is_one_line(tmp_path, num_gpus):
+    """Also when the error is raised in the worker processes of --num-gpus 2 (no worker traceback)."""
     weights = tmp_path / "weights.pth"
     weights.write_text("not a checkpoint\n")
-    proc = run_tool("train_net.py", "--config-file", str(TINY_CONFIG), "--eval-only", *TINY_OPTS,
+    proc = run_tool("train_net.py", "--config-file", str(TINY_CONFIG), "--eval-only", "--num-gpus", num_gpus, *TINY_OPTS,
                     "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "o"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and re.match(r"error: cannot read '.*weights.pth' as a checkpoint", lines[0]), proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "Terminating process" not in proc.stderr
 
 
 LOST_SYNTHETIC = REPO / "configs" / "LOST" / "lost_synthetic.yaml"
@@ -247,7 +253,7 @@ def test_lost_takes_model_weights_as_its_dino_vit(tmp_path):
 
 def test_discovery_model_weights_errors(tiny, tmp_path):
     _, _, detectron2_file = tiny
-    with pytest.raises(ConfigError, match=r"^checkpoint '.*model.pth' does not match dino_vits16"):
+    with pytest.raises(ConfigError, match=r"^'.*model.pth' \(top-level keys: iteration, model\) is not a DINO ViT file \(dino layout\) for dino_vits16$"):
         build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file), "CAD.DISCOVERY.WEIGHTS", "[]"))
     with pytest.raises(ConfigError, match="both give the LOST ViT"):  # lost_synthetic.yaml sets WEIGHTS ["random"]
         build_loaded_model(_cfg(LOST_SYNTHETIC, "MODEL.WEIGHTS", str(detectron2_file)))

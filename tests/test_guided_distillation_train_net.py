@@ -18,11 +18,12 @@ TINY = [
 ]
 
 
-def _train_net(args, data_root: Path) -> None:
+def _train_net(args, data_root: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, DETECTRON2_DATASETS=str(data_root), PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def test_two_stages_resume_and_eval(tmp_path):
@@ -37,7 +38,9 @@ def test_two_stages_resume_and_eval(tmp_path):
     student_opts = [*TINY,
                     "SSL.TEACHER_CKPT", str(t_out / "model_final.pth"), "SSL.BURNIN_ITER", "1",
                     "DATASETS.TEST", "()", "OUTPUT_DIR", str(s_out)]
-    _train_net([*student_cfg, *student_opts, "SOLVER.MAX_ITER", "2"], data)
+    proc = _train_net([*student_cfg, *student_opts, "SOLVER.MAX_ITER", "2"], data)
+    # the student's MODEL.WEIGHTS is "" in the tiny config: random initialisation, said so
+    assert "MODEL.WEIGHTS is empty: Mask2Former starts from random initialisation" in proc.stderr
     ckpt = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
     keys = ckpt["model"].keys()
     # the official EnsembleTSModel names: official and cad stage-2 files interchange

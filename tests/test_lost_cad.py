@@ -1,9 +1,11 @@
 """LOST+CAD: the torchvision -> Detectron2 ResNet conversion of its backbone (its training is
 tests/test_learning.py::test_lost_cad_overfits_lost_boxes)."""
+import re
+
 import numpy as np
 import torch
 
-from cad.modeling.torchvision_resnet import convert_torchvision_checkpoint
+from cad.checkpoint.convert import convert_torchvision_checkpoint
 
 torch.set_num_threads(1)
 
@@ -42,14 +44,19 @@ def test_convert_tool_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     torch.save([1, 2], tmp_path / "list.pth")
     torch.save({"fc.weight": torch.zeros(1), "head.w": torch.zeros(1)}, tmp_path / "vit.pth")
+    torch.save({"conv1.weight": torch.zeros(1), "layer1.0.conv1.weight": torch.zeros(1), "head.w": torch.zeros(1)},
+               tmp_path / "extra.pth")
+    resnet = r"a torchvision ResNet \(e.g. DINO's dino_resnet50_pretrain.pth\), a backbone initialisation \(torchvision_resnet layout\)"
     cases = [
-        ("missing.pth", f"error: cannot read '{tmp_path / 'missing.pth'}': No such file or directory"),
-        ("notes.pth", f"error: '{tmp_path / 'notes.pth'}' is not a PyTorch checkpoint, or cut short (UnpicklingError)"),
-        ("list.pth", f"error: '{tmp_path / 'list.pth'}' holds a list, not a state dict"),
-        ("vit.pth", "error: 'head.w' is not a torchvision ResNet key"),
+        ("missing.pth", rf"error: weights file '.*missing.pth' \(torchvision ResNet\) does not exist"),
+        ("notes.pth", r"error: cannot read '.*notes.pth' as a checkpoint \(UnpicklingError: .*\)$"),
+        ("list.pth", rf"error: '.*list.pth' holds a list, not {resnet}$"),
+        ("vit.pth", rf"error: '.*vit.pth' \(top-level keys: fc.weight, head.w\) is not {resnet}$"),
+        ("extra.pth", r"error: '.*extra.pth' \(torchvision_resnet layout\): 'head.w' is not a torchvision ResNet key$"),
     ]
-    for src, message in cases:
+    for src, pattern in cases:
         monkeypatch.setattr(sys, "argv", ["convert", str(tmp_path / src), str(tmp_path / "out.pkl")])
         assert tool.main() == 2
-        assert capsys.readouterr().err == message + "\n"
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.match(pattern, err), err
     assert not (tmp_path / "out.pkl").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from cad.config import add_cad_config
+from cad.config import ConfigError, add_cad_config
 from cad.data.motion import (
     MotionClipMapper,
     drop_small_ids,
@@ -132,34 +132,153 @@ def _write_mask(path, array):
     cv2.imwrite(str(path), array.astype(np.uint8))
 
 
-def test_tri_pd_and_kitti_layouts(tmp_path):
+def _tri_pd_scene(base, scene, rng, cameras=("camera_01",), folders=("est_masks",), frames=6, depth=False):
+    """A tiny TRI-PD scene in the official layout (DOM's TRI_PD_train merged with its masks): frames,
+    one mask folder per supervision kind (ids 4 and 7), dense depth and the DGP calibration file."""
+    for cam in cameras:
+        for t in range(frames):
+            atomic_write_png(base / scene / "rgb" / cam / f"{t:06d}.png", rng.integers(0, 255, (76, 121, 3), dtype=np.uint8))
+            for k, folder in enumerate(folders):
+                mask = np.zeros((76, 121))
+                mask[40:70, 10:60] = 4 + 3 * k  # est_masks 4, moving_masks 7, ari_masks 10
+                _write_mask(base / scene / folder / cam / f"{t:06d}.png", mask)
+            if depth:
+                (base / scene / "depth" / cam).mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(base / scene / "depth" / cam / f"{t:06d}.npz", data=np.full((76, 121), 20.0, np.float32))
+    if depth:
+        calib = {"names": ["lidar", *cameras], "intrinsics": [{"fx": 0, "fy": 0, "cx": 0, "cy": 0, "skew": 0}] + [
+            {"fx": 100.0, "fy": 100.0, "cx": 60.0, "cy": 38.0, "skew": 0.0, "fov": -1.0} for _ in cameras]}
+        (base / scene / "calibration").mkdir(parents=True)
+        (base / scene / "calibration" / "f7ac1d5879108bf162666fa9836d1f9ea712a35f.json").write_text(json.dumps(calib))
+
+
+def test_tri_pd_official_layout_banned_scenes_supervision_and_calibration(tmp_path):
     with pytest.raises(DatasetMissingError, match="TRI-PD"):
         load_tri_pd(tmp_path, "train")
+    rng = np.random.default_rng(0)
+    train = tmp_path / "tri_pd" / "train"
+    _tri_pd_scene(train, "scene_000000", rng)  # DIOD / xMOD: files[1:], the first scene only for visualisation
+    _tri_pd_scene(train, "scene_000001", rng, ("camera_01", "camera_05"), ("est_masks", "moving_masks", "ari_masks"), depth=True)
+    _tri_pd_scene(train, "scene_000002", rng)  # in DIOD's banned_scenes
+    _tri_pd_scene(train, "scene_000003", rng, frames=4)  # shorter than a clip
+    videos = load_tri_pd(tmp_path, "train")
+    assert [v["video"] for v in videos] == ["scene_000001/camera_01", "scene_000001/camera_05"]
+    with pytest.raises(DatasetMissingError, match=r"no camera video of >= 5 frames .* \(scenes from #2"):
+        load_tri_pd(tmp_path, "train", first_scene=2)  # xMOD's 3D split starts later (files[18:])
+    assert set(videos[0]["motion_masks"]) == {"est", "moving", "all"} and videos[0]["calib"]["K"][0] == [100.0, 0.0, 60.0]
+    for supervision, mask_id in (("est", 4), ("moving", 7), ("all", 10)):
+        cfg = _cfg((24, 48))
+        cfg.CAD.MOTION.SUPERVISION = supervision
+        out = MotionClipMapper(cfg, is_train=True, with_range=True)(videos[1])
+        assert out["image"].shape == (5, 3, 24, 48) and out["motion_masks"].max() == mask_id
+        assert out["range"].shape == (5, 4, 24, 48) and (out["range"] > 0).all()  # depth 20 m everywhere
+    # z channel of the back-projected depth: (20 - 1) / (70 - 1) (xMOD normalisation)
+    torch.testing.assert_close(out["range"][:, 2], torch.full((5, 24, 48), 19 / 69))
+    cfg = _cfg((24, 48))
+    cfg.CAD.MOTION.SUPERVISION = "moving"
+    with pytest.raises(ConfigError, match="SUPERVISION 'moving': video 'scene_000000/camera_01' has no such masks"):
+        MotionClipMapper(cfg, is_train=True)(load_tri_pd(tmp_path, "train", first_scene=0)[0])
+    # test set (DIOD test_video): every scene, banned ones included, ari_masks as ground truth
+    _tri_pd_scene(tmp_path / "tri_pd" / "test", "scene_000002", rng, folders=("ari_masks",))
+    val = load_tri_pd(tmp_path, "val")
+    assert len(val) == 1 and val[0]["clip_start"] == 0 and val[0]["motion_masks"] is None and val[0]["gt_masks"]
+
+
+def _kitti_video_calib(folder, focal=40.0):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "calib_velo_to_cam.txt").write_text("calib_time: 15-Mar-2012 11:37:16\nR: 0 -1 0 0 0 -1 1 0 0\nT: 0 0 0\n")
+    p = f"{focal} 0 40 0 0 {focal} 20 0 0 0 1 0"
+    (folder / "calib_cam_to_cam.txt").write_text(f"R_rect_00: 1 0 0 0 1 0 0 0 1\nP_rect_02: {p}\nP_rect_03: {p}\n")
+
+
+def test_kitti_official_layouts_and_calibration(tmp_path):
     with pytest.raises(DatasetMissingError, match="KITTI"):
         load_kitti(tmp_path, "val")
     rng = np.random.default_rng(0)
-    for scene in ("scene_000001", "scene_000002"):
-        for t in range(6):
-            base = tmp_path / "tri_pd" / "train" / scene
-            atomic_write_png(base / "rgb" / "camera_01" / f"{t:03d}.png", rng.integers(0, 255, (76, 121, 3), dtype=np.uint8))
-            mask = np.zeros((76, 121))
-            mask[40:70, 10:60] = 4
-            _write_mask(base / "est_masks" / "camera_01" / f"{t:03d}.png", mask)
-    videos = load_tri_pd(tmp_path, "train")
-    assert len(videos) == 2 and videos[0]["video"] == "scene_000001/camera_01"
-    out = MotionClipMapper(_cfg((24, 48)), is_train=True)(videos[0])
-    assert out["image"].shape == (5, 3, 24, 48) and out["motion_masks"].max() == 4
-    # KITTI 2015 instance set with LiDAR + object calibration
+    # DIOD / xMOD KITTI_DOM_train: drives directly under the folder, xMOD's calibration inside each drive
+    raw = tmp_path / "kitti" / "raw"
+    for d in range(7):
+        drive = raw / f"2011_09_26_drive_{d:04d}_sync"
+        for t in range(5):
+            atomic_write_png(drive / "image_02" / "data" / f"{t:010d}.png", rng.integers(0, 255, (40, 80, 3), dtype=np.uint8))
+            _write_mask(drive / "image_02" / "raft_seg" / f"{t:010d}.png", np.full((40, 80), 3))
+            (drive / "velodyne_points" / "data").mkdir(parents=True, exist_ok=True)
+            np.array([[10.0, 0.0, 0.0, 1.0]], np.float32).tofile(drive / "velodyne_points" / "data" / f"{t:010d}.bin")
+        _kitti_video_calib(drive)
+    videos = load_kitti(tmp_path, "train")
+    assert [v["video"] for v in videos] == ["2011_09_26_drive_0005_sync/image_02", "2011_09_26_drive_0006_sync/image_02"]
+    out = MotionClipMapper(_cfg((20, 40)), is_train=False, with_range=True)({**videos[0], "clip_start": 0})
+    # velo (10, 0, 0) -> camera (0, 0, 10) -> pixel (40, 20) of 80x40 -> (10, 20) at 20x40
+    assert out["motion_masks"].max() == 3 and (out["range"][0, 2] > 0).nonzero().tolist() == [[10, 20]]
+    # the KITTI raw download: <date>/<drive>_sync with the calibration in the date folder
+    nested = tmp_path / "nested" / "kitti" / "raw" / "2011_09_26"
+    nested.parent.mkdir(parents=True)
+    raw.rename(nested)
+    for drive in nested.glob("*_sync"):
+        for f in drive.glob("calib_*.txt"):
+            f.unlink()
+    _kitti_video_calib(nested, focal=20.0)
+    again = load_kitti(tmp_path / "nested", "train")
+    assert [v["video"] for v in again] == [v["video"] for v in videos] and again[0]["calib"]["P_rect"][0, 0] == 20.0
+    # DIOD's KITTI_DOM_test (rgb/, instance/) with xMOD's pc/<id>.bin and calib/<id>/ video calibration
     base = tmp_path / "kitti" / "instance_2015"
     atomic_write_png(base / "rgb" / "000000_10.png", rng.integers(0, 255, (40, 80, 3), dtype=np.uint8))
     _write_mask(base / "instance" / "000000_10.png", np.ones((40, 80)))
-    (base / "calib").mkdir(parents=True)
-    eye = "1 0 0 0 0 1 0 0 0 0 1 0"
-    (base / "calib" / "000000_10.txt").write_text(
-        f"P2: 40 0 40 0 0 40 20 0 0 0 1 0\nR0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: {eye}\n")
+    _kitti_video_calib(base / "calib" / "000000_10")
     (base / "pc").mkdir()
-    np.array([[5.0, 0.0, 10.0, 1.0], [1.0, 0.0, 10.0, 1.0]], np.float32).tofile(base / "pc" / "000000_10.bin")
+    np.array([[10.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0]], np.float32).tofile(base / "pc" / "000000_10.bin")
+    # and a KITTI object-format calib/<id>.txt
+    atomic_write_png(base / "rgb" / "000001_10.png", rng.integers(0, 255, (40, 80, 3), dtype=np.uint8))
+    _write_mask(base / "instance" / "000001_10.png", np.ones((40, 80)))
+    (base / "calib" / "000001_10.txt").write_text(
+        "P2: 40 0 40 0 0 40 20 0 0 0 1 0\nR0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 0 1 0 0 0\n")
+    np.array([[10.0, 0.0, 0.0, 1.0]], np.float32).tofile(base / "pc" / "000001_10.bin")
     val = load_kitti(tmp_path, "val")
-    assert len(val) == 1 and val[0]["clip_length"] == 1
-    out = MotionClipMapper(_cfg((20, 40)), is_train=False, with_range=True)(val[0])
-    assert out["range"].shape == (1, 4, 20, 40) and (out["range"][0, 0] > 0).sum() == 1  # one point has x > 2
+    assert len(val) == 2 and val[0]["clip_length"] == 1
+    for v in val:
+        out = MotionClipMapper(_cfg((20, 40)), is_train=False, with_range=True)(v)
+        assert out["range"].shape == (1, 4, 20, 40) and (out["range"][0, 2] > 0).nonzero().tolist() == [[10, 20]]  # x > 2 m only
+
+
+def test_epochs_set_max_iter_from_the_training_videos():
+    """CAD.MOTION.EPOCHS: the official scripts' epochs, floor(videos / batch) iterations each."""
+    from cad.distillation.motion import epochs_to_iterations
+
+    cfg = _cfg()
+    cfg.DATASETS.TRAIN = ("synthetic_motion_tiny_train",)  # 3 videos
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER = 2, 7
+    assert epochs_to_iterations(cfg) is cfg  # EPOCHS 0: SOLVER.MAX_ITER
+    cfg.CAD.MOTION.EPOCHS = 5
+    assert epochs_to_iterations(cfg).SOLVER.MAX_ITER == 5 and cfg.SOLVER.MAX_ITER == 7
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    with pytest.raises(ConfigError, match="3 training videos make no batch of SOLVER.IMS_PER_BATCH 4"):
+        epochs_to_iterations(cfg)
+
+
+def test_range_without_calibration_is_one_config_error(tmp_path):
+    rng = np.random.default_rng(0)
+    _tri_pd_scene(tmp_path / "tri_pd" / "train", "scene_000001", rng, depth=True)
+    for f in (tmp_path / "tri_pd" / "train" / "scene_000001" / "calibration").iterdir():
+        f.unlink()
+    video = load_tri_pd(tmp_path, "train", first_scene=0)[0]
+    with pytest.raises(ConfigError, match="'scene_000001/camera_01' has no calibration for the 3D network"):
+        MotionClipMapper(_cfg(), is_train=False, with_range=True)(video)
+
+
+def test_tri_pd_test_ground_truth_keeps_ids_from_their_first_frame_over_500_px(tmp_path):
+    """DIOD datasetPDEval / xMOD PDDatasetEval: an id is background until it has > 500 px in a 480x968
+    frame (here > 10.2 px of 79x120), then stays an object for the rest of the video (also in later clips)."""
+    scene = tmp_path / "tri_pd" / "test" / "scene_000007"
+    rng = np.random.default_rng(0)
+    for t in range(10):  # 100x120 frames: 21 rows cropped at the top, 79x120 = the input size
+        atomic_write_png(scene / "rgb" / "camera_01" / f"{t:06d}.png", rng.integers(0, 255, (100, 120, 3), dtype=np.uint8))
+        mask = np.zeros((100, 120))
+        mask[30:34, 0:4] = 5  # 16 px in every frame
+        mask[30:33, 40:43] = 7  # 9 px in every frame: never counted
+        side = 4 if t == 3 else 3
+        mask[60:60 + side, 60:60 + side] = 9  # 16 px in frame 3 only
+        _write_mask(scene / "ari_masks" / "camera_01" / f"{t:06d}.png", mask)
+    clips = load_tri_pd(tmp_path, "val")
+    mapper = MotionClipMapper(_cfg((79, 120)), is_train=False)
+    present = [[sorted(set(np.unique(m)) - {0}) for m in mapper(c)["gt_masks"].numpy()] for c in clips]
+    assert present == [[[5], [5], [5], [5, 9], [5, 9]], [[5, 9]] * 5]

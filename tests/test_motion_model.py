@@ -11,7 +11,7 @@ from cad.distillation.ema import ema_update
 from cad.distillation.motion import lr_factor
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, hungarian_match, mask_loss, masked_mse
-from cad.modeling.motion.meta_arch import DIOD, XMOD
+from cad.modeling.motion.meta_arch import DIOD, DIOD3D, XMOD
 from cad.modeling.motion.networks import (
     BatchNorm2d, Encoder, SlotAttention, SlotVideoNet, bn_batch_statistics, norm_layer, position_grid,
 )
@@ -188,9 +188,12 @@ def test_ema_update_whole_state_dict():
     assert int(t.num_batches_tracked) == 7
 
 
-def test_lr_factor_diod_schedule():
+def test_lr_factor_diod_and_xmod_schedules():
     assert lr_factor(0, 3000, 50000) == pytest.approx(1 / 3000)
     assert lr_factor(49999, 3000, 50000) == pytest.approx(0.5, rel=1e-4)
+    assert lr_factor(2998, 3000, 50000) == pytest.approx(0.5 ** (2998 / 50000) * 2999 / 3000)  # DIOD: decay in warmup
+    assert lr_factor(2998, 3000, 50000, False) == pytest.approx(2999 / 3000)  # xMOD: linear warmup only
+    assert lr_factor(2999, 3000, 50000, False) == lr_factor(2999, 3000, 50000) == pytest.approx(0.5 ** (2999 / 50000))
 
 
 def test_augmentations_shapes_and_point_drop():
@@ -221,7 +224,7 @@ def _tiny_cfg(arch: str):
     return cfg
 
 
-@pytest.mark.parametrize("cls", [DIOD, XMOD])
+@pytest.mark.parametrize("cls", [DIOD, XMOD, DIOD3D])
 def test_meta_arch_losses_distillation_and_inference(cls):
     torch.manual_seed(0)
     model = cls(_tiny_cfg(cls.__name__))
@@ -237,10 +240,30 @@ def test_meta_arch_losses_distillation_and_inference(cls):
     assert any("teacher" in k for k in losses)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.teachers.parameters())
-    assert not model.teachers["2d"].training  # teachers stay in eval mode
+    assert not any(t.training for t in model.teachers.values())  # teachers stay in eval mode
     model.eval()
     out = model(batch)
     assert out[0]["masks"].shape == (2, 4, 4, 8)
+
+
+def test_diod3d_motion_loss_is_not_filtered_by_its_own_teacher():
+    """xMOD 3d_ts (train/losses.compute_loss): the 3D motion-mask loss is filtered by the 2D teacher's
+    fg, and 3d_ts has none, so it keeps the burn-in weighting; the pseudo-label loss is added.
+    DIOD filters its motion masks with its own teacher (trainPD_ts.computeWBCE_TS)."""
+    motion = torch.zeros(1, 2, 16, 32, dtype=torch.long)
+    motion[..., 4:12, 4:16] = 3
+    batch = [{"image": torch.randint(0, 255, (2, 3, 16, 32), dtype=torch.uint8), "motion_masks": motion[0],
+              "range": torch.rand(2, 4, 16, 32) * (torch.rand(2, 1, 16, 32) > 0.3)}]
+    for cls, same in ((DIOD3D, True), (DIOD, False)):
+        torch.manual_seed(0)
+        model = cls(_tiny_cfg(cls.__name__)).train()
+        torch.manual_seed(1)
+        burn_in = model(batch)
+        model.start_distillation()
+        torch.manual_seed(1)
+        distilled = model(batch)
+        assert bool(distilled["loss_mask"] == burn_in["loss_mask"]) is same and "loss_teacher" in distilled
+        assert set(burn_in) == {"loss_recon", "loss_mask", "loss_nll", "loss_reg"}
 
 
 def test_meta_arch_is_configurable_without_a_config():

@@ -4,7 +4,7 @@ models/resnet.py, models/ConvGRU.py; xMOD models/model_bg.py) on BGR frames."""
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 import torch
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
-from cad.checkpoint import find_layout
-from cad.checkpoint.loader import CheckpointError, load_checkpoint
+from cad.checkpoint import find_layout, read_weights
+from cad.checkpoint.loader import CheckpointError, checkpoint_layout, load_checkpoint
 from cad.config import add_cad_config
-from cad.modeling.motion.meta_arch import DIOD, XMOD
+from cad.modeling.motion.meta_arch import DIOD, DIOD3D, XMOD
 from cad.modeling.motion.networks import bn_batch_statistics
 
 torch.set_num_threads(1)
@@ -25,32 +25,49 @@ WIDTH, DIM, SLOTS, SIZE, T = 64, 16, 4, (16, 24), 3
 
 
 def official_shapes(dim: int, slots: int, size: Tuple[int, int], channels: int = 3, width: int = 64,
-                    final_kernel: int = 3) -> Dict[str, Tuple[int, ...]]:
+                    final_kernel: int = 3, vit: Optional[Tuple[int, int]] = None) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape of `SlotAttentionAutoEncoder(size, slots, dim, output_channel=channels)`'s
     state dict (no `module.`), written down from the official modules (DIOD: final_kernel 3; xMOD:
-    final_kernel = channels)."""
+    final_kernel = channels). `vit` (embed_dim, depth): DIOD_DINOv2's model, whose encoder is the
+    torch.hub DINOv2 ViT (`encoder_cnn.dinov2_backbone`, 518-px position grid) feeding its last 4
+    blocks to the ConvGRU (model_bg_dinov2.py hard-codes input_dim 384*4 for ViT-S)."""
     out: Dict[str, Tuple[int, ...]] = {}
 
     def bn(p, c):
         out.update({f"{p}.weight": (c,), f"{p}.bias": (c,), f"{p}.running_mean": (c,), f"{p}.running_var": (c,),
                     f"{p}.num_batches_tracked": ()})
 
-    r = "encoder_cnn.resnet"
-    out[f"{r}.conv1.weight"] = (width, channels, 7, 7)
-    bn(f"{r}.bn1", width)
-    cin = width
-    for i, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 1), (8 * width, 1)], 1):
-        for j in range(2):
-            p = f"{r}.layer{i}.{j}"
-            out[f"{p}.conv1.weight"] = (cout, cin if j == 0 else cout, 3, 3)
-            bn(f"{p}.bn1", cout)
-            out[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
-            bn(f"{p}.bn2", cout)
-            if j == 0 and (stride != 1 or cin != cout):
-                out[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
-                bn(f"{p}.downsample.1", cout)
-        cin = cout
-    for layer, c in enumerate([8 * width, dim]):
+    if vit is not None:
+        c, depth = vit
+        v = "encoder_cnn.dinov2_backbone"
+        out.update({f"{v}.cls_token": (1, 1, c), f"{v}.pos_embed": (1, 1 + 37 * 37, c), f"{v}.mask_token": (1, c),
+                    f"{v}.patch_embed.proj.weight": (c, 3, 14, 14), f"{v}.patch_embed.proj.bias": (c,),
+                    f"{v}.norm.weight": (c,), f"{v}.norm.bias": (c,)})
+        for i in range(depth):
+            p = f"{v}.blocks.{i}"
+            for name, shape in (("norm1", (c,)), ("norm2", (c,)), ("attn.qkv", (3 * c, c)), ("attn.proj", (c, c)),
+                                ("mlp.fc1", (4 * c, c)), ("mlp.fc2", (c, 4 * c))):
+                out.update({f"{p}.{name}.weight": shape, f"{p}.{name}.bias": shape[:1]})
+            out.update({f"{p}.ls1.gamma": (c,), f"{p}.ls2.gamma": (c,)})
+        gru_in = 4 * c
+    else:
+        r = "encoder_cnn.resnet"
+        out[f"{r}.conv1.weight"] = (width, channels, 7, 7)
+        bn(f"{r}.bn1", width)
+        cin = width
+        for i, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 1), (8 * width, 1)], 1):
+            for j in range(2):
+                p = f"{r}.layer{i}.{j}"
+                out[f"{p}.conv1.weight"] = (cout, cin if j == 0 else cout, 3, 3)
+                bn(f"{p}.bn1", cout)
+                out[f"{p}.conv2.weight"] = (cout, cout, 3, 3)
+                bn(f"{p}.bn2", cout)
+                if j == 0 and (stride != 1 or cin != cout):
+                    out[f"{p}.downsample.0.weight"] = (cout, cin, 1, 1)
+                    bn(f"{p}.downsample.1", cout)
+            cin = cout
+        gru_in = 8 * width
+    for layer, c in enumerate([gru_in, dim]):
         g = f"encoder_cnn.convGRU.cell_list.{layer}"
         out.update({f"{g}.conv_gates.weight": (2 * dim, c + dim, 3, 3), f"{g}.conv_gates.bias": (2 * dim,),
                     f"{g}.conv_can.weight": (dim, c + dim, 3, 3), f"{g}.conv_can.bias": (dim,)})
@@ -105,11 +122,9 @@ def official_file(sd: Dict[str, torch.Tensor], path: Path, epoch: int = -1) -> P
     return path
 
 
-def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel: int = 3) -> Dict[str, torch.Tensor]:
-    """The official SlotAttentionAutoEncoder.forward in train mode (BatchNorm with batch
-    statistics), written from its equations with plain torch ops. x [B, T, C, H, W] normalised,
-    channels as the official loader gives them (BGR for frames). Returns masks [B, T, K, h, w]
-    (attention softmax over slots + eps) and recon [B*T, C, H, W]."""
+def official_resnet(sd: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """DIOD models/resnet.py as model_bg.Encoder runs it, in train mode (BatchNorm with batch
+    statistics): x [B, T, C, H, W] -> [B*T, 512, h, w]."""
     b, t, c, H, W = x.shape
 
     def bn(p, v):
@@ -124,6 +139,21 @@ def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel:
             out = bn(f"{p}.bn2", F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1))
             idt = bn(f"{p}.downsample.1", F.conv2d(v, sd[f"{p}.downsample.0.weight"], stride=s)) if f"{p}.downsample.0.weight" in sd else v
             v = F.relu(out + idt)
+    return v
+
+
+def official_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor, final_kernel: int = 3) -> Dict[str, torch.Tensor]:
+    """The official SlotAttentionAutoEncoder.forward in train mode (BatchNorm with batch
+    statistics), written from its equations with plain torch ops. x [B, T, C, H, W] normalised,
+    channels as the official loader gives them (BGR for frames). Returns masks [B, T, K, h, w]
+    (attention softmax over slots + eps) and recon [B*T, C, H, W]."""
+    return official_head(sd, official_resnet(sd, x), x.shape, final_kernel)
+
+
+def official_head(sd: Dict[str, torch.Tensor], v: torch.Tensor, shape: Tuple[int, ...], final_kernel: int = 3) -> Dict[str, torch.Tensor]:
+    """Everything after the frame encoder (DIOD model_bg.py, DIOD_DINOv2 model_bg_dinov2.py):
+    encoder features v [B*T, C, h, w] of input `shape` (B, T, C, H, W) -> `official_forward`'s output."""
+    b, t, _, H, W = shape
     h, w = v.shape[-2:]
     seq = v.reshape(b, t, -1, h, w)
     for layer in range(2):  # ConvGRU: layer by layer over the whole sequence, zero initial state
@@ -186,7 +216,7 @@ def official_cfg(arch: str = "DIOD", size=SIZE):
 def load_official(cfg, path: Path):
     """The official file at `path` through cad's loader (layout recognition, strict load)."""
     layout = find_layout(torch.load(path, map_location="cpu", weights_only=True))
-    model = {"DIOD": DIOD, "XMOD": XMOD}[cfg.MODEL.META_ARCHITECTURE](cfg)
+    model = {"DIOD": DIOD, "DIOD3D": DIOD3D, "XMOD": XMOD}[cfg.MODEL.META_ARCHITECTURE](cfg)
     load_checkpoint(model, str(path), cfg)
     return layout, model.eval()
 
@@ -278,36 +308,98 @@ def test_xmod_2d_and_3d_files_load_into_xmod_and_match_the_official_equations(tm
     torch.testing.assert_close(recon3.reshape(ref3["recon"].shape), ref3["recon"], rtol=1e-4, atol=1e-4)
 
 
+def test_xmod_3d_file_is_diod3d_weights_and_matches_the_official_equations(tmp_path):
+    """xMOD's epoch_*_3d.ckpt as MODEL.WEIGHTS of the 3D-only DIOD3D (xMOD 3d_ts initialisation and
+    main_evaluation.py --evaluation_mode 3d): no 2D file needed, the official 3D forward reproduced."""
+    sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 11)
+    f3 = official_file(sd3, tmp_path / "epoch_299_3d.ckpt", 299)
+    layout, model = load_official(official_cfg("DIOD3D"), f3)
+    assert layout.name == "xmod_3d" and set(model.students) == {"3d"} and not bool(model.distilling)
+    g = torch.Generator().manual_seed(12)
+    rng = torch.rand(2, T, 4, *SIZE, generator=g) * (torch.rand(2, T, 1, *SIZE, generator=g) > 0.5)
+    ref = official_forward(sd3, rng, final_kernel=4)
+    with torch.no_grad():
+        out = model([{"range": r} for r in rng])
+    for i in range(2):
+        torch.testing.assert_close(out[i]["masks"], ref["masks"][i], rtol=1e-4, atol=1e-5)
+    obj2 = read_weights(str(official_file(random_official_state(official_shapes(DIM, SLOTS, SIZE), 13), tmp_path / "a.ckpt")))
+    with pytest.raises(CheckpointError, match="MODEL.META_ARCHITECTURE DIOD or XMOD takes it, not DIOD3D"):
+        checkpoint_layout(obj2, "a.ckpt", official_cfg("DIOD3D"))
+
+
+def test_xmod_step3_from_cad_files(tmp_path):
+    """XMOD (xMOD step 3) from cad's DIOD model_final.pth (layout cad_diod) with CAD.MOTION.WEIGHTS_3D
+    = cad's DIOD3D model_final.pth: every tensor comes from those files, and `distilling` is False so
+    that the trainer copies the students into the teachers (as xMOD loads both from its files)."""
+    def cfg_of(arch):
+        cfg = official_cfg(arch)
+        cfg.CAD.MOTION.ENCODER_WIDTH = 4  # cad's files need not be the official width
+        return cfg
+
+    torch.manual_seed(0)
+    diod, diod3d = DIOD(cfg_of("DIOD")), DIOD3D(cfg_of("DIOD3D"))
+    diod.distilling.fill_(True)  # a self-distilled DIOD file
+    for net in (diod, diod3d):
+        for p in net.teachers.parameters():
+            p.data.add_(1.0)  # teachers differ from students
+    torch.save({"model": diod.state_dict(), "iteration": 5}, tmp_path / "diod.pth")
+    torch.save({"model": diod3d.state_dict(), "iteration": 5}, tmp_path / "diod3d.pth")
+    cfg = cfg_of("XMOD")
+    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "diod3d.pth")
+    layout, model = load_official(cfg, tmp_path / "diod.pth")
+    assert layout.name == "cad_diod" and not bool(model.distilling)
+    state = model.state_dict()
+    for k, v in [*diod.state_dict().items(), *diod3d.state_dict().items()]:
+        if k != "distilling":
+            assert torch.equal(state[k], v), k
+    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "diod.pth")  # a 2D-only cad file
+    with pytest.raises(CheckpointError, match=r"is neither an xMOD epoch_\*_3d.ckpt .* nor a cad checkpoint holding students.3d"):
+        load_official(cfg, tmp_path / "diod.pth")
+    with pytest.raises(CheckpointError, match="MODEL.META_ARCHITECTURE DIOD or XMOD takes it, not DIOD3D"):
+        load_official(cfg_of("DIOD3D"), tmp_path / "diod.pth")
+
+
 def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     sd = random_official_state(official_shapes(DIM, SLOTS, SIZE), 8)
     sd3 = random_official_state(official_shapes(DIM, SLOTS, SIZE, channels=4, final_kernel=4), 9)
-    obj = torch.load(official_file(sd, tmp_path / "a.ckpt"), weights_only=True)
-    obj3 = torch.load(official_file(sd3, tmp_path / "b.ckpt", 1), weights_only=True)
-    with pytest.raises(ValueError, match="CAD.MOTION.WEIGHTS_3D"):
-        find_layout(obj3).to_cad(obj3, official_cfg())
-    with pytest.raises(ValueError, match="needs xMOD's 3D checkpoint in CAD.MOTION.WEIGHTS_3D"):
-        find_layout(obj).to_cad(obj, official_cfg("XMOD"))
+    f2, f3 = official_file(sd, tmp_path / "a.ckpt"), official_file(sd3, tmp_path / "b.ckpt", 1)
+    obj, obj3 = read_weights(str(f2)), read_weights(str(f3))
+
+    def refused(raw, cfg, pattern):
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            checkpoint_layout(raw, "a.ckpt", cfg, _model_state(cfg))
+        assert "\n" not in str(err.value)
+
+    refused(obj3, official_cfg(), r"^'a.ckpt' \(xmod_3d layout\) is a xMOD epoch_\*_3d.ckpt \(4-channel range network; XMOD takes "
+                                  r"it as CAD.MOTION.WEIGHTS_3D\): MODEL.META_ARCHITECTURE DIOD3D takes it, not DIOD$")
     cfg = official_cfg("XMOD")
-    cfg.CAD.MOTION.WEIGHTS_3D = str(tmp_path / "a.ckpt")  # a 2D file
-    with pytest.raises(ValueError, match="is not an xMOD 3D checkpoint"):
-        find_layout(obj).to_cad(obj, cfg)
+    cfg.CAD.MOTION.WEIGHTS_3D = str(f2)  # a 2D file
+    refused(obj, cfg, r"^CAD.MOTION.WEIGHTS_3D '.*a.ckpt' is neither an xMOD epoch_\*_3d.ckpt .*\(xmod_3d layout\) nor a cad "
+                      r"checkpoint holding students.3d.\*, teachers.3d.\*$")
     cfg = official_cfg()
     cfg.CAD.MOTION.TOKEN_NORM, cfg.CAD.MOTION.QKV_BIAS = "token", False
-    with pytest.raises(ValueError, match=r"TOKEN_NORM token \(official: joint\), QKV_BIAS False"):
-        find_layout(obj).to_cad(obj, cfg)
-    with pytest.raises(CheckpointError, match=r"^'.*a.ckpt' \(diod layout\): an official DIOD/xMOD checkpoint needs") as err:
-        load_checkpoint(DIOD(cfg), str(tmp_path / "a.ckpt"), cfg)  # through the loader: one line naming file and layout
-    assert "\n" not in str(err.value)
+    refused(obj, cfg, r"^'a.ckpt' \(diod layout\) is the official network, which needs CAD.MOTION.TOKEN_NORM joint "
+                      r"\(the config has token\), CAD.MOTION.QKV_BIAS True \(the config has False\)$")
+    # the file's network takes BGR frames: an RGB config would load strictly and run on swapped colours
+    cfg = official_cfg()
+    cfg.CAD.MOTION.INPUT_FORMAT = "RGB"
+    refused(obj, cfg, r"needs CAD.MOTION.INPUT_FORMAT BGR \(the config has RGB\)$")
     cfg = official_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    with pytest.raises(ValueError, match="cannot initialise MODEL.META_ARCHITECTURE GeneralizedRCNN"):
-        find_layout(obj).to_cad(obj, cfg)
+    refused(obj, cfg, r"MODEL.META_ARCHITECTURE DIOD or XMOD takes it, not GeneralizedRCNN$")
     bad = {"model_state_dict": {"module.nope.weight": torch.zeros(1), **obj["model_state_dict"]}}
-    with pytest.raises(ValueError, match="unexpected key 'nope.weight'"):
-        find_layout(bad).to_cad(bad, official_cfg())
+    refused(bad, official_cfg(), r"^'a.ckpt' \(diod layout\): unexpected key 'nope.weight' in an official DIOD/xMOD checkpoint$")
+    # XMOD from the 2D file without its 3D file: strict loading names the 3D keys and the option
+    cfg = official_cfg("XMOD")
+    with pytest.raises(CheckpointError, match=r"missing \(students.3d.*a second file in CAD.MOTION.WEIGHTS_3D$"):
+        load_checkpoint(XMOD(cfg), str(f2), cfg)
     # not an official motion file
     for other in ({"model": {"a": torch.zeros(1)}}, {"model_state_dict": {"a": torch.zeros(1)}}, [1, 2], "text"):
         assert find_layout(other) is None or find_layout(other).name not in ("diod", "xmod_2d", "xmod_3d")
+
+
+def _model_state(cfg):
+    return {"DIOD": DIOD, "DIOD3D": DIOD3D, "XMOD": XMOD}.get(cfg.MODEL.META_ARCHITECTURE, DIOD)(cfg).state_dict()
 
 
 def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, caplog):
@@ -315,10 +407,11 @@ def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, capl
     sd = random_official_state(official_shapes(DIM, SLOTS, SIZE), 10)
     path = official_file(sd, tmp_path / "DIODPD_500.ckpt")
     cfg = official_cfg(size=(20, 32))
-    with pytest.raises(ValueError, match=r"24 positions, CAD.MOTION.INPUT_SIZE \(20, 32\) gives 40; set CAD.MOTION.RESET_RESOLUTION_TIED"):
+    with pytest.raises(CheckpointError, match=r"4 tensors tied to the input size have another shape \(students.2d.norm.weight "
+                                              r"\(24, 16\) in the file vs \(40, 16\), .*set CAD.MOTION.RESET_RESOLUTION_TIED True"):
         load_official(cfg, path)
     cfg.CAD.MOTION.RESET_RESOLUTION_TIED = True
-    with caplog.at_level(logging.WARNING, logger="cad.modeling.motion.checkpoint_layouts"):
+    with caplog.at_level(logging.WARNING, logger="cad.checkpoint.loader"):
         _, model = load_official(cfg, path)
     assert any("partial initialisation" in r.message and "norm.weight" in r.message for r in caplog.records)
     net = model.students["2d"]
@@ -343,4 +436,48 @@ def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(nam
     m = cfg.CAD.MOTION
     got = (m.INPUT_FORMAT, m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.TEACHER_BN_STATS, m.ENCODER_NORM)
     assert got == (("BGR", "joint", True, 0, "official", "batch", "BN") if official else ("RGB", "token", False, 3, "cad", "running", "GN"))
-    assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == 0.5 and m.PIXEL_STD == 0.5
+    assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == (0.5,) * 3 and m.PIXEL_STD == (0.5,) * 3
+
+
+# xMOD's cfgs/*.yaml (commit 072f78a), as written there; mode -> (meta-architecture, TEACHER_START_ITER)
+XMOD_CFGS = {
+    "xmod_kitti_3d_burn_in": dict(dataset="kitti", mode="3d_burn_in", num_epochs=300, weight_recon=100.0, weight_reg=0.3,
+                                  p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_kitti_3d_ts": dict(dataset="kitti", mode="3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                             p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_tri_pd_3d_burn_in": dict(dataset="pd", mode="3d_burn_in", num_epochs=300, weight_recon=100.0, weight_reg=0.3,
+                                   p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+    "xmod_tri_pd_3d_ts": dict(dataset="pd", mode="3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                              p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+    "xmod_kitti": dict(dataset="kitti", mode="2d_3d_ts", num_epochs=100, weight_recon=1.0, weight_mask=2.0, weight_reg=0.4,
+                       p_crop=0.0, p_flip=0.0, p_drop=0.1, p_jitter=0.0),
+    "xmod_tri_pd": dict(dataset="pd", mode="2d_3d_ts", num_epochs=100, weight_recon=50.0, weight_reg=0.4,
+                        p_crop=0.4, p_flip=0.4, p_drop=0.4, p_jitter=0.4),
+}
+XMOD_COMMON = dict(batch_size=4, learning_rate=0.0005, warmup_steps=3000, decay_steps=50000, num_slots=45, hid_dim=64, seed=0,
+                   weight_mask=1.0, weight_nll=1.0, supervision="est")
+
+
+@pytest.mark.parametrize("name", sorted(XMOD_CFGS))
+def test_xmod_configs_equal_the_official_cfgs(name):
+    """cad's xMOD configs hold xMOD's cfgs/*.yaml values (train/train.py keys -> cad keys). The 3D modes
+    never crop (transforms_3d has no crop: the cfgs' p_crop is unused there)."""
+    o = {**XMOD_COMMON, **XMOD_CFGS[name]}
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file(str(Path(__file__).parents[1] / "configs" / "xMOD" / f"{name}.yaml"))
+    m, s = cfg.CAD.MOTION, cfg.SOLVER
+    arch, start = {"3d_burn_in": ("DIOD3D", -1), "3d_ts": ("DIOD3D", 0), "2d_3d_ts": ("XMOD", 0)}[o["mode"]]
+    assert (cfg.MODEL.META_ARCHITECTURE, m.TEACHER_START_ITER, m.EPOCHS) == (arch, start, o["num_epochs"])
+    assert (s.IMS_PER_BATCH, s.BASE_LR, s.WARMUP_ITERS, m.LR_HALF_LIFE, m.LR_DECAY_IN_WARMUP) == (
+        o["batch_size"], o["learning_rate"], o["warmup_steps"], o["decay_steps"], False)
+    assert (m.NUM_SLOTS, m.SLOT_DIM, cfg.SEED, m.SUPERVISION) == (o["num_slots"], o["hid_dim"], o["seed"], o["supervision"])
+    assert (m.RECON_WEIGHT, m.MASK_WEIGHT, m.NLL_WEIGHT, m.REG_WEIGHT, m.RECON_3D_WEIGHT) == (
+        o["weight_recon"], o["weight_mask"], o["weight_nll"], o["weight_reg"], 1.0)
+    crop = o["p_crop"] if o["mode"] == "2d_3d_ts" else 0.0
+    assert (m.CROP_PROB, m.FLIP_PROB, m.POINT_DROP_PROB, m.POINT_JITTER_PROB) == (crop, o["p_flip"], o["p_drop"], o["p_jitter"])
+    assert tuple(m.INPUT_SIZE) == {"kitti": (368, 1248), "pd": (480, 968)}[o["dataset"]]
+    previous = {"3d_ts": "3d_burn_in", "2d_3d_ts": "3d_ts"}.get(o["mode"])
+    if previous:  # each step starts from the previous one's output (checkpoint_path_3d)
+        weights = cfg.MODEL.WEIGHTS if arch == "DIOD3D" else m.WEIGHTS_3D
+        assert weights == f"output/{name.split('_3d')[0]}_{previous}/model_final.pth"

@@ -45,7 +45,7 @@ def test_lost_cli_matches_method_and_resumes(tmp_path, checkpoint, capsys):
 @pytest.mark.parametrize(
     "models, message",
     [
-        (["--arch", "dino_vits16", "--weights", "/nonexistent.pth"], "weights file '/nonexistent.pth' for dino_vits16 does not exist"),
+        (["--arch", "dino_vits16", "--weights", "/nonexistent.pth"], "weights file '/nonexistent.pth' (dino_vits16) does not exist"),
         (["--arch", "vit_huge"], "unknown ViT architecture 'vit_huge'"),
     ],
 )
@@ -64,8 +64,7 @@ def test_lost_weights_that_are_not_a_checkpoint_is_one_line(tmp_path, capsys):
     assert run(argv) == 2
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     errors = [line for line in lines if "error:" in line]
-    assert errors == [f"error: cannot read checkpoint '{tmp_path / 'notes.pth'}' for dino_vits16: "
-                      "not a PyTorch checkpoint, or cut short (UnpicklingError)"]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot read '{tmp_path / 'notes.pth'}' as a checkpoint (")
     assert not (tmp_path / "o.json").exists()
 
 

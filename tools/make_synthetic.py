@@ -21,13 +21,13 @@ def main() -> int:
 
     import cad  # noqa: F401  (registers the splits)
     from cad.data.paths import datasets_root
-    from cad.engine.setup import ConfigError, check_output_dir
+    from cad.engine.setup import check_output_dir
+    from cad.errors import UserError, report
 
     try:
         check_output_dir(str(datasets_root()), "--root" if args.root else "$DETECTRON2_DATASETS")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
 
     names = args.splits or sorted(n for n in DatasetCatalog.list() if n.startswith("synthetic_"))
     unknown = [n for n in names if n not in DatasetCatalog.list()]

@@ -34,10 +34,9 @@ def main() -> int:
     from detectron2.data import DatasetCatalog
 
     import cad  # noqa: F401  (registers the splits and models)
-    from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
-    from cad.data.paths import DatasetMissingError
-    from cad.engine.setup import ConfigError, build_cfg, check_output_dir, check_weights
-    from cad.utils.io import InputFileError, read_coco_results
+    from cad.engine.setup import build_cfg, check_output_dir, check_weights
+    from cad.errors import UserError, report
+    from cad.utils.io import read_coco_results
     from cad.utils.visualize import render_ground_truth, render_predictions
 
     if args.dataset not in DatasetCatalog.list():
@@ -60,9 +59,8 @@ def main() -> int:
             paths = render_predictions(args.dataset, results, args.out, args.num_images, args.score_thresh, not args.no_gt)
         else:
             paths = render_ground_truth(args.dataset, args.out, args.num_images)
-    except (DatasetMissingError, ConfigError, WeightsNotFoundError, CheckpointLayoutError, InputFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     print(f"wrote {len(paths)} PNGs to {args.out}")
     return 0
 

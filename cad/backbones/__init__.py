@@ -1,6 +1,8 @@
-"""Self-supervised ViT backbones (DINO, DINOv2 on timm), feature hooks and Detectron2 wrappers."""
+"""Backbones: DINO/DINOv2 ViTs on timm (feature hooks, Detectron2 wrappers) and Guided
+Distillation's (Swin, DeiT, DINOv2, ViT)."""
 from cad.backbones.d2_backbone import SimpleFeaturePyramid, ViTBackbone  # registers the Detectron2 backbones
-from cad.backbones.dinov2_gd import GDDinoV2Backbone  # registers DinoV2{Base,Large}Backbone
+from cad.backbones.gd_vit import GDViTBackbone  # registers DinoV2{Base,Large}Backbone, DeiTBaseBackbone, ViT{Base,Large}Backbone
+from cad.backbones.swin import SwinBackbone  # registers D2SwinTransformer
 from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import (
     VIT_ARCHS,
@@ -13,7 +15,8 @@ from cad.backbones.vit import (
 __all__ = [
     "VIT_ARCHS",
     "CheckpointLayoutError",
-    "GDDinoV2Backbone",
+    "GDViTBackbone",
+    "SwinBackbone",
     "WeightsNotFoundError",
     "SimpleFeaturePyramid",
     "ViTBackbone",

@@ -1,26 +1,28 @@
-"""DINO and DINOv2 ViTs on timm's `VisionTransformer`, loading the official checkpoint files.
+"""DINO and DINOv2 ViTs (and the DeiT and PyTorch-Pretrained-ViT models of Guided Distillation's
+backbones) on timm's `VisionTransformer`, loading the official checkpoint files.
 
 Architectures are named as the official torch.hub entries (`dino_vits16`, ..., `dinov2_vitl14`,
-plus `dinov2_*_reg` with 4 register tokens). Every model is built with `dynamic_img_size=True`:
+plus `dinov2_*_reg` with 4 register tokens; `deit_base_patch16_384`), or as pytorch_pretrained_vit
+names them (`B_16`, `L_16`). Every model is built with `dynamic_img_size=True`:
 the position embedding is interpolated (bicubic, no antialiasing, as the official code) to the
 exact patch grid of any input whose sides are multiples of the patch size; images are never
 resized to the pre-training size.
 
-Weights (`build_vit(arch, weights)`):
+Weights (`build_vit(arch, weights)`), read through `cad.checkpoint` (docs/weights.md):
 
-- `weights` a path: that file, loaded strictly;
-- `weights=None`: the torch.hub checkpoint cache, `$TORCH_HOME/hub/checkpoints/<official name>`
-  (where `torch.hub.load_state_dict_from_url` puts the official download); if it is not there,
-  one `WeightsNotFoundError` names the file, its official URL and the folder to put it in;
+- `weights` a path or an http(s):// URL: that file, loaded strictly;
+- `weights` None or "": the official file of `arch` (`ViTSpec.url`), downloaded once into the
+  torch.hub checkpoint cache, `$TORCH_HOME/hub/checkpoints/<official name>`, as
+  `torch.hub.load_state_dict_from_url` / `torch.hub.load` do in the official code (offline:
+  `CAD_OFFLINE=1`);
 - `weights="random"`: random initialisation (tests, benchmarks), nothing is read.
 
-Official key layouts: DINO files hold timm's keys as they are (`cls_token`, `pos_embed`,
-`patch_embed.proj.*`, `blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*`, `norm.*`);
-DINO "full" checkpoints (`teacher` dict, `module.backbone.` prefix) are accepted too. DINOv2 files
-add `mask_token` and `blocks.N.ls{1,2}.gamma`; with registers they hold `register_tokens` and a
-`pos_embed` whose first entry belongs to the CLS token, converted as timm does (the CLS position
-folded into `cls_token`, registers without position). Loading is strict: a missing, unexpected
-or wrongly shaped key raises `CheckpointLayoutError` naming the keys.
+Official key layouts (`cad.checkpoint.layouts.dino`, `cad.checkpoint.layouts.gd_vit`): DINO files
+hold timm's keys as they are; DINO full training checkpoints (`teacher`, `args`) are accepted;
+DINOv2 files add `mask_token` and LayerScale, with registers `register_tokens`; DeiT files are
+`{"model": state_dict}` with a classifier `head` (dropped); pytorch_pretrained_vit files have
+their own names, converted to timm's. Loading is strict: a file of another family, a missing,
+unexpected or wrongly shaped key is one `CheckpointError` naming it.
 """
 import math
 import os
@@ -34,6 +36,12 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from cad.checkpoint.errors import CheckpointError, WeightsNotFoundError
+from cad.checkpoint.layouts.gd_vit import ppvit_resample_pos_embed
+from cad.checkpoint.loader import load_layout_weights
+from cad.checkpoint.sources import weights_file
+from cad.config import ConfigError
+
 __all__ = [
     "VIT_ARCHS",
     "ViTSpec",
@@ -46,6 +54,8 @@ __all__ = [
     "random_vit",
     "save_random_checkpoint",
     "resolve_weights",
+    "DINO_INTERPOLATE_OFFSET",
+    "ppvit_resample_pos_embed",
 ]
 
 
@@ -53,7 +63,7 @@ __all__ = [
 class ViTSpec:
     """Architecture of one official model and where its checkpoint comes from."""
 
-    family: str  # "dino" or "dinov2"
+    family: str  # "dino", "dinov2", "deit" or "ppvit" (PyTorch-Pretrained-ViT, Guided Distillation's vit.py)
     patch_size: int
     embed_dim: int
     depth: int
@@ -66,13 +76,30 @@ class ViTSpec:
         return self.url.rsplit("/", 1)[-1]
 
     @property
+    def layout(self) -> str:
+        """The `cad.checkpoint` layout of the official file ("dino", "dinov2", "dinov2_reg", "deit", "ppvit")."""
+        if self.family == "dinov2" and self.reg_tokens:
+            return "dinov2_reg"
+        return self.family
+
+    @property
     def img_size(self) -> int:
-        """Pre-training size: the grid of the checkpoint's `pos_embed` (DINO 224, DINOv2 518)."""
-        return 224 if self.family == "dino" else 518
+        """Size of the model's `pos_embed` grid: the pre-training size (DINO 224, DINOv2 518, DeiT-384
+        384), or for "ppvit" the `image_size` 1024 that Guided Distillation builds it with (its
+        224-pixel checkpoints are resized to it when loaded)."""
+        return {"dino": 224, "dinov2": 518, "deit": 384, "ppvit": 1024}[self.family]
 
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+# The DINOv2 torch.hub models' position-embedding offset (dinov2/hub/backbones.py), for
+# `DinoVisionTransformer.interpolate_offset`.
+HUB_INTERPOLATE_OFFSET = 0.1
+# DINO's own vision_transformer.py `interpolate_pos_encoding` (w0 + 0.1): the rule of LOST's DINO
+# (facebookresearch/dino ba9edd1), for `interpolate_offset` of LOST's ViTs.
+DINO_INTERPOLATE_OFFSET = 0.1
+_DEIT = "https://dl.fbaipublicfiles.com/deit"
+_PPVIT = "https://github.com/lukemelas/PyTorch-Pretrained-ViT/releases/download/0.0.2"
 
 VIT_ARCHS: Dict[str, ViTSpec] = {
     "dino_vits16": ViTSpec("dino", 16, 384, 12, 6, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
@@ -85,6 +112,12 @@ VIT_ARCHS: Dict[str, ViTSpec] = {
     "dinov2_vits14_reg": ViTSpec("dinov2", 14, 384, 12, 6, f"{_DINOV2}/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth", 4),
     "dinov2_vitb14_reg": ViTSpec("dinov2", 14, 768, 12, 12, f"{_DINOV2}/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth", 4),
     "dinov2_vitl14_reg": ViTSpec("dinov2", 14, 1024, 24, 16, f"{_DINOV2}/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth", 4),
+    # facebookresearch/deit hubconf `deit_base_patch16_384` (Guided Distillation's DeiTBaseBackbone).
+    "deit_base_patch16_384": ViTSpec("deit", 16, 768, 12, 12, f"{_DEIT}/deit_base_patch16_384-8de9b5d1.pth"),
+    # pytorch_pretrained_vit `ViT('B_16')` / `ViT('L_16')` (Guided Distillation's ViT{Base,Large}Backbone);
+    # the package has no L_16 file (its URL is None): ViT-L weights must be given as a file.
+    "B_16": ViTSpec("ppvit", 16, 768, 12, 12, f"{_PPVIT}/B_16.pth"),
+    "L_16": ViTSpec("ppvit", 16, 1024, 24, 16, ""),
 }
 
 
@@ -100,9 +133,15 @@ class DinoVisionTransformer(VisionTransformer):
 
     # None: resample to the exact patch grid (above). A number: the rule of the official DINOv2
     # torch.hub models (dinov2/models/vision_transformer.py `interpolate_pos_encoding`,
-    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run: bicubic with
+    # `interpolate_offset=0.1`), which Guided Distillation's DINOv2 backbones run, and of DINO's own
+    # vision_transformer.py (`w0 + 0.1`, `DINO_INTERPOLATE_OFFSET`), which LOST runs: bicubic with
     # scale factor (grid + offset) / pretrain_grid, so the samples sit slightly off the exact grid.
     interpolate_offset: Optional[float] = None
+    # Mode of the exact-grid resampling (interpolate_offset None): "bicubic" (DINO, DINOv2) or
+    # "bilinear" (Guided Distillation's DeiT backbone, `interpolate_pos_encoding` in its deit.py).
+    pos_embed_interpolation: str = "bicubic"
+    # align_corners of that resampling (None: the mode's default; True for PyTorch-Pretrained-ViT).
+    pos_embed_align_corners: Optional[bool] = None
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens with positions added."""
@@ -116,6 +155,8 @@ class DinoVisionTransformer(VisionTransformer):
                 new_size=(height, width),
                 old_size=self.patch_embed.grid_size,
                 num_prefix_tokens=num_prefix,
+                interpolation=self.pos_embed_interpolation,
+                align_corners=self.pos_embed_align_corners,
                 antialias=False,
             )
         else:
@@ -152,17 +193,17 @@ def hub_resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], num_p
     return torch.cat((prefix, patch), dim=1)
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """The checkpoint of an architecture is neither given nor in the torch.hub cache."""
+# The former name of the error of a checkpoint that does not fit its architecture.
+CheckpointLayoutError = CheckpointError
 
 
-class CheckpointLayoutError(RuntimeError):
-    """A checkpoint file whose keys or shapes do not match the architecture."""
+# pytorch_pretrained_vit's dropout rate (attention weights, after each residual branch).
+PPVIT_DROPOUT = 0.1
 
 
 def get_spec(arch: str) -> ViTSpec:
     if arch not in VIT_ARCHS:
-        raise ValueError(f"unknown ViT architecture '{arch}'; known: {', '.join(VIT_ARCHS)}")
+        raise ConfigError(f"unknown ViT architecture '{arch}'; known: {', '.join(VIT_ARCHS)}")
     return VIT_ARCHS[arch]
 
 
@@ -189,60 +230,33 @@ def create_vit(arch: str, **overrides) -> DinoVisionTransformer:
         kwargs.update(init_values=1e-5)
         if spec.reg_tokens:
             kwargs.update(reg_tokens=spec.reg_tokens, no_embed_class=True)
+    if spec.family == "ppvit":
+        # pytorch_pretrained_vit's dropout_rate 0.1 on the attention weights and after each residual branch.
+        kwargs.update(attn_drop_rate=PPVIT_DROPOUT, proj_drop_rate=PPVIT_DROPOUT)
     kwargs.update(overrides)
     model = DinoVisionTransformer(**kwargs)
+    if spec.family == "ppvit":
+        # Its MLP has no dropout between fc1 and fc2, and its tokens leave the last block without a
+        # norm (the norm belongs to the deleted classifier). Grids other than the built one are
+        # resampled as its loader resizes checkpoints (see `ppvit_resample_pos_embed`).
+        for block in model.blocks:
+            block.mlp.drop1 = nn.Identity()
+        model.norm = nn.Identity()
+        model.pos_embed_interpolation, model.pos_embed_align_corners = "bilinear", True
     model.cad_arch = arch
     return model.eval()
 
 
-def _hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> Path:
-    """The checkpoint file of `arch`: `weights` if given, else the torch.hub cache (see module doc)."""
+def resolve_weights(arch: str, weights: Optional[Union[str, Path]] = None) -> str:
+    """The local checkpoint file of `arch`: `weights` (a path or a URL, downloaded once), else the
+    official file (see module doc). Raises `CheckpointError` (one line)."""
     spec = get_spec(arch)
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file '{path}' for {arch} does not exist")
-        return path
-    cached = _hub_checkpoint_dir() / spec.file_name
-    if cached.is_file():
-        return cached
-    raise WeightsNotFoundError(
-        f"no weights for {arch}: '{spec.file_name}' is not in the torch.hub cache; download {spec.url} "
-        f"into '{cached.parent}' ($TORCH_HOME/hub/checkpoints) or pass the file explicitly "
-        f"(--weights / CAD.VIT.WEIGHTS)"
-    )
-
-
-def _unwrap(state: Dict) -> Dict[str, torch.Tensor]:
-    """The backbone state dict of an official file (plain, or a DINO full checkpoint)."""
-    if "teacher" in state:  # DINO training checkpoint: keep the teacher backbone, drop the head
-        state = {k.replace("module.", "", 1): v for k, v in state["teacher"].items()}
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return dict(state)
-
-
-def _from_official(state: Dict[str, torch.Tensor], spec: ViTSpec) -> Dict[str, torch.Tensor]:
-    """Official key layout -> timm's (the conversion timm applies to DINOv2 files)."""
-    has_mask_token = "mask_token" in state
-    if spec.family == "dino" and has_mask_token:
-        raise CheckpointLayoutError("found 'mask_token': this is a DINOv2 checkpoint, not a DINO one")
-    if spec.family == "dinov2" and not has_mask_token:
-        raise CheckpointLayoutError("no 'mask_token': this is not a DINOv2 checkpoint (DINO layout?)")
-    state = dict(state)
-    if spec.family == "dinov2":
-        state.pop("mask_token")
-        if spec.reg_tokens:
-            if "register_tokens" not in state:
-                raise CheckpointLayoutError("no 'register_tokens': a DINOv2 checkpoint without registers")
-            pos = state.pop("pos_embed")
-            state["reg_token"] = state.pop("register_tokens")
-            state["cls_token"] = state.pop("cls_token") + pos[:, :1]
-            state["pos_embed"] = pos[:, 1:]
-    return state
+    if not weights and not spec.url:
+        raise WeightsNotFoundError(
+            f"no weights for {arch}: the official code has no released file for it (the official backbone "
+            "fails to build); pass a file in its layout explicitly (CAD.VIT.WEIGHTS) or 'random'"
+        )
+    return weights_file(str(weights) if weights else None, spec.url, torch_hub=True, option=arch)
 
 
 def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, torch.Tensor]:
@@ -261,52 +275,32 @@ def to_official_state_dict(model: VisionTransformer, arch: str) -> Dict[str, tor
     return state
 
 
-def load_official_checkpoint(model: VisionTransformer, arch: str, path: Union[str, Path]) -> None:
-    """Load an official checkpoint file into `model` strictly; clear errors on any mismatch."""
+def load_official_checkpoint(model: VisionTransformer, arch: str, weights: Optional[Union[str, Path]] = None) -> None:
+    """Load the checkpoint of `arch` (`weights`: a path, a URL or None for the official file) into
+    `model` strictly, through `cad.checkpoint`; one `CheckpointError` on any mismatch."""
     spec = get_spec(arch)
-    try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / not a torch file; torch's own message spans many lines
-        raise CheckpointLayoutError(
-            f"cannot read checkpoint '{path}' for {arch}: not a PyTorch checkpoint, or cut short ({type(exc).__name__})"
-        ) from exc
-    if not isinstance(raw, dict):
-        raise CheckpointLayoutError(f"checkpoint '{path}' for {arch} is not a state dict")
-    try:
-        state = _from_official(_unwrap(raw), spec)
-    except CheckpointLayoutError as exc:
-        raise CheckpointLayoutError(f"checkpoint '{path}' for {arch}: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointLayoutError(
-            f"checkpoint '{path}' does not match {arch} ({spec.family} layout): "
-            f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointLayoutError(f"checkpoint '{path}' does not match {arch}: wrong shapes {wrong[:8]}")
-    model.load_state_dict(state, strict=True)
+    source = str(weights) if weights else None
+    load_layout_weights(model, source, spec.layout, official_url=spec.url, torch_hub=True, option=arch, target=arch)
 
 
 def build_vit(
     arch: str,
     weights: Optional[Union[str, Path]] = None,
-    device: Union[str, torch.device] = "cpu",
+    device: Optional[Union[str, torch.device]] = None,
     **overrides,
 ) -> nn.Module:
-    """A DINO/DINOv2 ViT in eval mode on `device`.
+    """A ViT of `arch` in eval mode on `device` (None: where it is created, the CPU unless a
+    default device is set, e.g. `torch.device("meta")` for shape-only checks).
 
-    `weights`: a checkpoint path, None (torch.hub cache, else `WeightsNotFoundError`) or "random"
-    (random init, no file). `overrides` change the architecture (e.g. `depth=2, embed_dim=48,
+    `weights`: a checkpoint path or URL, None or "" (the official file, downloaded once into the
+    torch.hub cache) or "random" (random init, no file). `overrides` change the architecture (e.g. `depth=2, embed_dim=48,
     num_heads=2` for the small checkpoints written by `save_random_checkpoint`).
     """
+    path = None if weights == "random" else resolve_weights(arch, weights)  # fails (or downloads) before the build
     model = create_vit(arch, **overrides)
-    if weights != "random":
-        load_official_checkpoint(model, arch, resolve_weights(arch, weights))
-    return model.to(device).eval()
+    if path is not None:
+        load_official_checkpoint(model, arch, path)
+    return (model if device is None else model.to(device)).eval()
 
 
 def random_vit(arch: str, seed: int = 0, **overrides) -> VisionTransformer:

@@ -55,3 +55,18 @@ def register_class_agnostic_coco(
         **CLASS_AGNOSTIC_METADATA,
         **metadata,
     )
+
+
+def load_clustered_coco(json_file: Path, image_root: Path, name: str, section: str) -> List[Dict]:
+    """Dataset dicts of a COCO JSON with pseudo-classes (tools/cluster_pseudo_labels.py: categories
+    1..K = clusters), contiguous classes 0..K-1 in category-id order; the split's `thing_classes`
+    and id map are set from the JSON's categories when it is loaded."""
+    require(image_root, name, section)
+    require(json_file, name, section)
+    return load_coco_json(str(json_file), str(image_root), dataset_name=name)
+
+
+def register_clustered_coco(name: str, json_file: Path, image_root: Path, section: str) -> None:
+    """Register a class-aware pseudo-label split (LOST+OD training); nothing is read until it is loaded."""
+    DatasetCatalog.register(name, lambda: load_clustered_coco(Path(json_file), Path(image_root), name, section))
+    MetadataCatalog.get(name).set(image_root=str(image_root), gt_json_file=str(json_file), evaluator_type="coco")

@@ -79,13 +79,13 @@ def load_coco20k(root: Path, name: str = "coco20k_train") -> List[Dict]:
     return dicts
 
 
-def register_coco20k(root: Path, name: str = "coco20k_train") -> None:
-    """Register COCO20k (CorLoc evaluation); nothing is read until the split is loaded."""
+def register_coco20k(root: Path, name: str = "coco20k_train", evaluator_type: str = "corloc") -> None:
+    """Register COCO20k (CorLoc evaluation by default); nothing is read until the split is loaded."""
     DatasetCatalog.register(name, lambda: load_coco20k(Path(root), name))
     MetadataCatalog.get(name).set(
         image_root=str(Path(root) / IMAGES),
         ids_file=str(Path(root) / IDS_FILE),
-        evaluator_type="corloc",
+        evaluator_type=evaluator_type,
         corloc_round_gt=True,
         **CLASS_AGNOSTIC_METADATA,
     )

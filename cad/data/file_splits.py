@@ -28,6 +28,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.data.coco import CLASS_AGNOSTIC_METADATA, load_class_agnostic_coco
 from cad.discovery.sources import list_image_dir
+from cad.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PREDICTIONS_ONLY = "predictions"
 _NOT_COCO_ERRORS = (AssertionError, KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
-class SplitSpecError(ValueError):
+class SplitSpecError(UserError, ValueError):
     """A `coco:`/`images:` split whose files are missing or malformed (one-line message)."""
 
 

@@ -7,10 +7,12 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from PIL import Image
 
+from cad.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(UserError, RuntimeError):
     """An image file of a split that cannot be decoded; built by `CorruptImageError.of(file_name)`.
 
     The constructor takes the message alone because an error raised in a DataLoader worker reaches

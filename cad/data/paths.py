@@ -2,10 +2,12 @@
 import os
 from pathlib import Path
 
+from cad.errors import UserError
+
 README = "datasets/README.md"
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
     """A registered split whose files are not on disk."""
 
 

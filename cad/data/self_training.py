@@ -9,9 +9,11 @@ With `keep_previous` (CutLER), the input annotations whose mask IoU with every k
 of their image is < 0.5 are kept as well.
 
 For an `images:DIR` split (no annotation file), the image entries are those of the folder
-(`folder_images`). Train on the result with `--train-dataset coco:JSON:IMAGE_DIR`
-(`cad.data.file_splits`) or register it with `register_self_training_split`; the reference
-rounds' files are predefined splits (`register_self_training_splits`, datasets/README.md).
+(`folder_images`). `tools/demo.py`'s `demo_results.json` (a COCO JSON: `images` and predictions
+as `annotations`) is read as well; its own `images` are used unless a file or folder is given.
+Train on the result with `--train-dataset coco:JSON:IMAGE_DIR` (`cad.data.file_splits`) or
+register it with `register_self_training_split`; the reference rounds' files are predefined
+splits (`register_self_training_splits`, datasets/README.md).
 """
 import logging
 from pathlib import Path
@@ -24,11 +26,14 @@ from tqdm import tqdm
 from cad.data.coco import register_class_agnostic_coco
 from cad.discovery.export import image_entry
 from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, image_size, list_image_dir
+from cad.errors import UserError
 from cad.utils.io import InputFileError, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "coco_instances_results.json"
+# What tools/demo.py writes: a COCO JSON whose annotations are the predictions.
+DEMO_RESULTS_FILE = "demo_results.json"
 CATEGORIES = [{"id": 1, "name": "object"}]
 # CutLER get_self_training_ann.py: an old pseudo-mask survives when its IoU with every kept
 # prediction is below this.
@@ -48,23 +53,26 @@ SELF_TRAINING_SPLITS = {
 }
 
 
-class SelfTrainingError(ValueError):
+class SelfTrainingError(UserError, ValueError):
     """Predictions or annotation file that cannot be turned into a self-training JSON."""
 
 
 def find_predictions(detectron2_out_dir: Path) -> Path:
     """The predictions file of an `--eval-only` run: `D/coco_instances_results.json` or the single
-    `D/inference/<split>/coco_instances_results.json` (or D itself when it is a JSON file)."""
+    `D/inference/<split>/coco_instances_results.json`; of a demo run: `D/demo_results.json`; or D
+    itself when it is a JSON file."""
     d = Path(detectron2_out_dir)
     if d.is_file():
         return d
-    if (d / RESULTS_FILE).is_file():
-        return d / RESULTS_FILE
+    for name in (RESULTS_FILE, DEMO_RESULTS_FILE):
+        if (d / name).is_file():
+            return d / name
     found = sorted((d / "inference").glob(f"*/{RESULTS_FILE}"))
     if len(found) == 1:
         return found[0]
     if not found:
-        raise SelfTrainingError(f"no {RESULTS_FILE} in {d} or {d}/inference/<split>/ (run train_net.py --eval-only first)")
+        raise SelfTrainingError(f"no {RESULTS_FILE} in {d} or {d}/inference/<split>/, no {DEMO_RESULTS_FILE} in {d} "
+                                "(run train_net.py --eval-only or tools/demo.py first)")
     raise SelfTrainingError(
         f"several splits' predictions under {d}/inference ({', '.join(p.parent.name for p in found)}): "
         "pass the split's folder as --detectron2-out-dir"
@@ -164,15 +172,30 @@ def build_self_training_json(
 ) -> Dict:
     """The class-agnostic training JSON (dict) from predictions and either the split's annotation
     file (`images` and `licenses` are copied from it; with `keep_previous`, its annotations are
-    merged as in CutLER) or, for an `images:DIR` split, its folder `image_dir` (`folder_images`)."""
-    if (coco_ann_file is None) == (image_dir is None):
-        raise SelfTrainingError("give either the COCO annotation file or the image folder of the predicted split")
+    merged as in CutLER), or, for an `images:DIR` split, its folder `image_dir` (`folder_images`),
+    or, for predictions given as a COCO JSON (the demo's), that JSON's own `images`."""
+    if coco_ann_file is not None and image_dir is not None:
+        raise SelfTrainingError("give either the COCO annotation file or the image folder of the predicted split, not both")
     if keep_previous and coco_ann_file is None:
         raise SelfTrainingError("keeping the previous masks needs their COCO annotation file, not an image folder")
     predictions = _read_json(Path(predictions_file), "predictions")
-    coco = _read_json(Path(coco_ann_file), "--coco-ann-path") if coco_ann_file else {"images": folder_images(image_dir)}
-    if not isinstance(predictions, list) or not isinstance(coco, dict) or "images" not in coco:
-        raise SelfTrainingError(f"{predictions_file} must be a COCO results list and {coco_ann_file} a COCO JSON with 'images'")
+    if isinstance(predictions, dict) and {"images", "annotations"} <= set(predictions):
+        own_images, predictions = {"images": predictions["images"]}, predictions["annotations"]
+    elif isinstance(predictions, list):
+        own_images = None
+    else:
+        raise SelfTrainingError(f"{predictions_file} is neither a COCO results list nor a COCO JSON with 'images' and 'annotations'")
+    if coco_ann_file:
+        coco = _read_json(Path(coco_ann_file), "--coco-ann-path")
+    elif image_dir:
+        coco = {"images": folder_images(image_dir)}
+    elif own_images:
+        coco = own_images
+    else:
+        raise SelfTrainingError(f"{predictions_file} is a results list without image entries: give the COCO annotation "
+                                "file (--coco-ann-path) or the image folder (--images) of the predicted split")
+    if not isinstance(coco, dict) or "images" not in coco:
+        raise SelfTrainingError(f"{coco_ann_file} must be a COCO JSON with 'images'")
     images = {im["id"]: im for im in coco["images"]}
     kept = prediction_annotations(tqdm(predictions, desc="predictions", mininterval=5), images, threshold, min_box_size)
     if keep_previous:

@@ -9,6 +9,9 @@ from both splits. Split files are cached as JSON id lists under `$DETECTRON2_DAT
 
 Names for P in `STANDARD_PERCENTAGES` and seeds `DEFAULT_SEEDS` are registered on import; any
 other P/seed is registered on demand by `register_by_name` (called by train_net's setup).
+
+`SSL.PERCENTAGE` (the official command line) names these splits through `labeled_split_name`:
+the official Cityscapes lists where they exist (`cad.data.cityscapes_lists`), else the seeded split.
 """
 import json
 import logging
@@ -21,6 +24,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from iopath.common.file_io import file_lock
 
+from cad.data.cityscapes_lists import NAME_RE as LIST_NAME_RE
+from cad.data.cityscapes_lists import has_official_list, list_split_name, register_list_by_name
 from cad.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -88,7 +93,10 @@ def register_ssl_split(base: str, percentage: float, seed: int, root: Path) -> N
 
 
 def register_by_name(name: str, root: Path) -> Optional[str]:
-    """Register `name` if it is an SSL split name of a registered base; returns the base or None."""
+    """Register `name` if it is an SSL split name (seeded or official list) of a registered base;
+    returns the base or None."""
+    if LIST_NAME_RE.match(name):
+        return register_list_by_name(name, root)
     m = NAME_RE.match(name)
     if m is None or m["base"] not in DatasetCatalog.list():
         return None
@@ -103,3 +111,31 @@ def register_standard_ssl_splits(root: Path) -> None:
         for pct in STANDARD_PERCENTAGES:
             for seed in DEFAULT_SEEDS:
                 register_ssl_split(base, pct, seed, root)
+
+
+def percentage_of(value: int) -> float:
+    """The percentage of labeled images that `SSL.PERCENTAGE value` means (official convention:
+    train_net.setup appends the value to the split name, tools/datasets/generate_coco_splits.py
+    names a split of p < 1 % by int(100/p)): value for 1..100, 100/value above 100 (250 -> 0.4)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"SSL.PERCENTAGE must be a positive integer, got {value!r}")
+    return float(value) if value <= 100 else 100.0 / value
+
+
+def labeled_split_name(base: str, value: int, seed: int) -> str:
+    """The labeled split of `base` for `SSL.PERCENTAGE value`: the official list split when the
+    official code has a list for it (Cityscapes 5/10/20/30 %), else the seeded split of `seed`.
+    Raises ValueError when the percentage has no exact short name (e.g. 300 -> 0.333... %)."""
+    if has_official_list(base, value):
+        return list_split_name(base, value, "labeled")
+    pct = percentage_of(value)
+    if float(f"{pct:g}") != pct:
+        raise ValueError(f"SSL.PERCENTAGE {value} means {pct!r} %, which has no exact split name; name the "
+                         f"split instead, e.g. DATASETS.TRAIN ('{base}_{pct:.2g}pct_seed{seed}_labeled',)")
+    return split_name(base, pct, seed, "labeled")
+
+
+def split_percentage(name: str) -> Optional[float]:
+    """The labeled percentage of an SSL split name (seeded or list), None for any other name."""
+    m = LIST_NAME_RE.match(name) or NAME_RE.match(name)
+    return float(m["pct"]) if m else None

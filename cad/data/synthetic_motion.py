@@ -14,7 +14,6 @@ velocity, bounce off the frame borders and occlude the static ones. Written per 
 The xMOD 4-channel range image (x, y, z, range) is projected from the depth by the loader
 (`cad.data.motion.range_image_from_depth`), as for TRI-PD.
 """
-import io
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 
 from cad.data.synthetic import _shape_mask, _texture
-from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_png, write_once
+from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_npz, atomic_write_png, write_once
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +175,6 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-def _npz_bytes(depth: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, data=depth)
-    return buf.getvalue()
-
-
 def motion_split_dir(name: str, root: Path) -> Tuple[Path, Path]:
     """(split folder, index JSON) of the generated split `name` under dataset `root`."""
     split = MOTION_SPLITS[name]
@@ -214,7 +207,7 @@ def generate_motion(name: str, root: Path) -> Path:
                 atomic_write_bytes(folder / scene / "ari_masks" / CAMERA / f"{stem}.png", _png_bytes(idm))
                 motion = np.where(np.isin(idm, moving), idm, 0).astype(np.uint8)
                 atomic_write_bytes(folder / scene / "est_masks" / CAMERA / f"{stem}.png", _png_bytes(motion))
-                atomic_write_bytes(folder / scene / "depth" / CAMERA / f"{stem}.npz", _npz_bytes(dep))
+                atomic_write_npz(folder / scene / "depth" / CAMERA / f"{stem}.npz", data=dep)
             scenes.append({"scene": scene, "num_frames": split.num_frames, "moving_ids": [int(i) for i in moving]})
         atomic_write_json(index_path, {"generator": generator, "scenes": scenes, "intrinsics": _intrinsics(split), "camera": CAMERA})
 

@@ -19,11 +19,14 @@ from cad.data.mapper import CadDatasetMapper, is_readable_image, skip_unreadable
 
 def build_mask2former_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     """`INPUT.MASK2FORMER_AUGMENTATION`: "lsj" = flip, ResizeScale(MIN_SCALE..MAX_SCALE of
-    IMAGE_SIZE), FixedSizeCrop(IMAGE_SIZE) (Mask2Former's COCO LSJ); "resize_flip" =
+    IMAGE_SIZE), FixedSizeCrop(IMAGE_SIZE) (Mask2Former's COCO LSJ); "mask_former_instance" =
+    ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING), RandomCrop(INPUT.CROP)
+    if enabled, SSD colour distortion if INPUT.COLOR_AUG_SSD, flip (the official
+    MaskFormerInstanceDatasetMapper and MaskFormerImageDatasetMapper, Cityscapes); "resize_flip" =
     Detectron2's ResizeShortestEdge (+ flip in training). Inference always uses the latter."""
     kind = cfg.INPUT.MASK2FORMER_AUGMENTATION
-    if kind not in ("lsj", "resize_flip"):
-        raise ValueError(f"INPUT.MASK2FORMER_AUGMENTATION must be 'lsj' or 'resize_flip', got {kind!r}")
+    if kind not in ("lsj", "mask_former_instance", "resize_flip"):
+        raise ValueError(f"INPUT.MASK2FORMER_AUGMENTATION must be 'lsj', 'mask_former_instance' or 'resize_flip', got {kind!r}")
     if is_train and kind == "lsj":
         size = cfg.INPUT.IMAGE_SIZE
         return [
@@ -31,6 +34,15 @@ def build_mask2former_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
             T.ResizeScale(cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, size, size),
             T.FixedSizeCrop(crop_size=(size, size)),
         ]
+    if is_train and kind == "mask_former_instance":
+        from detectron2.projects.point_rend import ColorAugSSDTransform
+
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+        if cfg.INPUT.CROP.ENABLED:
+            augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        if cfg.INPUT.COLOR_AUG_SSD:
+            augs.append(ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT))
+        return augs + [T.RandomFlip()]
     return utils.build_augmentation(cfg, is_train)
 
 

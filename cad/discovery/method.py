@@ -23,10 +23,12 @@ depends on must follow from them), and `stage2` must not need the ViTs.
 """
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
+
+from cad.errors import UserError
 
 # name ("lost", "maskcut", "votecut") -> class following `DiscoveryMethod`.
 DISCOVERY_METHODS: Dict[str, type] = {}
@@ -65,11 +67,14 @@ class MethodOptions:
         means the method's own default model(s).
     device: torch device of stage 1 ("cpu", "cuda", "cuda:1").
     crf: run the dense CRF post-processing (mask methods; `--no-crf` sets it False).
+    params: (name, value) pairs passed to the method's constructor as keyword arguments
+        (method-specific options, e.g. LOST's `features`, `dinoseg`).
     """
 
     models: Tuple[Tuple[str, Optional[str]], ...] = ()
     device: str = "cpu"
     crf: bool = True
+    params: Tuple[Tuple[str, Any], ...] = ()
 
 
 class Stage2Annotations(list):
@@ -98,7 +103,7 @@ class DiscoveryMethod(Protocol):
         ...
 
 
-class UnknownMethodError(KeyError):
+class UnknownMethodError(UserError, KeyError):
     """A method name that is neither registered nor a module `cad.discovery.<name>`."""
 
     def __str__(self) -> str:
@@ -127,8 +132,8 @@ def method_class(name: str) -> type:
 
 
 def build_method(name: str, options: MethodOptions) -> DiscoveryMethod:
-    """Build the method registered as `name` (see the module docstring)."""
-    return method_class(name)(options)
+    """Build the method registered as `name` (see the module docstring) with `options.params`."""
+    return method_class(name)(options, **dict(options.params))
 
 
 class LazyViT:

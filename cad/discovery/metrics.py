@@ -31,10 +31,11 @@ def dataset_ground_truth(dataset: str, records: Sequence[ImageRecord]) -> Option
     return gt
 
 
-def pseudo_label_corloc(dataset: str, pred: Mapping, records: Sequence[ImageRecord]) -> float:
+def pseudo_label_corloc(dataset: str, pred: Mapping, records: Sequence[ImageRecord], no_hard: bool = False) -> float:
     """CorLoc (`cad.evaluation.corloc`, top-scoring box per image) of a pseudo-label COCO dict.
 
-    Every image of the split counts; one without a box (e.g. unreadable) is a miss.
+    Every image of the split counts (with `no_hard`, those with a non-hard box); one without a box
+    (e.g. unreadable) is a miss.
     """
     split_ids = {r.image_id: d["image_id"] for r, d in zip(records, DatasetCatalog.get(dataset))}
     boxes: Dict = {}
@@ -45,11 +46,13 @@ def pseudo_label_corloc(dataset: str, pred: Mapping, records: Sequence[ImageReco
         boxes.setdefault(key, []).append([x, y, x + w, y + h])
         scores.setdefault(key, []).append(ann["score"])
     return dataset_corloc(
-        dataset, {k: np.asarray(v) for k, v in boxes.items()}, {k: np.asarray(v) for k, v in scores.items()}
+        dataset, {k: np.asarray(v) for k, v in boxes.items()}, {k: np.asarray(v) for k, v in scores.items()}, no_hard
     )
 
 
-def dataset_metrics(method: str, dataset: str, pred_json: Path, records: Sequence[ImageRecord]) -> List[str]:
+def dataset_metrics(
+    method: str, dataset: str, pred_json: Path, records: Sequence[ImageRecord], no_hard: bool = False
+) -> List[str]:
     """Printable lines: CorLoc for LOST, class-agnostic box AP (and mask AP when the JSON has masks)."""
     gt = dataset_ground_truth(dataset, records)
     if gt is None:
@@ -57,7 +60,8 @@ def dataset_metrics(method: str, dataset: str, pred_json: Path, records: Sequenc
     pred = json.loads(Path(pred_json).read_text())
     lines = []
     if method == "lost":
-        lines.append(f"lost on {dataset}: CorLoc={100 * pseudo_label_corloc(dataset, pred, records):.2f}")
+        setup = " (no hard objects)" if no_hard else ""
+        lines.append(f"lost on {dataset}{setup}: CorLoc={100 * pseudo_label_corloc(dataset, pred, records, no_hard):.2f}")
     has_masks = any("segmentation" in a for a in pred["annotations"])
     has_gt_masks = any("segmentation" in a for a in gt["annotations"])
     for iou_type in ("bbox", "segm") if has_masks and has_gt_masks else ("bbox",):

@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_matrix", "binary_affinity", "fiedler_from_cosine", "fiedler_vectors", "fix_sign"]
+__all__ = ["cosine_matrix", "binary_affinity", "fiedler_from_cosine", "fiedler_vectors", "ncut_eigenvectors", "fix_sign"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,17 @@ def fix_sign(vectors: torch.Tensor) -> torch.Tensor:
     return vectors * torch.where(sign == 0, torch.ones_like(sign), sign)
 
 
-def _dense_second(norm_aff: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) M = D^-1/2 A D^-1/2 -> (B, N) unit eigenvectors of L = I - M, second-smallest eigenvalue."""
+def _dense_vectors(norm_aff: torch.Tensor, num: int = 1) -> torch.Tensor:
+    """(B, N, N) M = D^-1/2 A D^-1/2 -> (B, num, N) unit eigenvectors of L = I - M with the 2nd to
+    (num + 1)-th smallest eigenvalues (CuVLER's `ncut`: `eigh(L)[..., 1:eig_vecs + 1]`)."""
     eye = torch.eye(norm_aff.shape[-1], dtype=norm_aff.dtype, device=norm_aff.device)
     _, vecs = torch.linalg.eigh(eye - norm_aff)
-    return vecs[..., 1]
+    return vecs[..., 1 : num + 1].transpose(1, 2)
+
+
+def _dense_second(norm_aff: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) M -> (B, N) unit eigenvectors of L = I - M, second-smallest eigenvalue."""
+    return _dense_vectors(norm_aff)[:, 0]
 
 
 def _project_out(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -159,6 +165,27 @@ def _lanczos_second(
     return result
 
 
+def _normalized_affinity(cos: torch.Tensor, tau: float, eps: float, active: Optional[torch.Tensor]):
+    """(M = D^-1/2 A D^-1/2, degrees, D^-1/2) of the binary graphs of cosines (B, N, N)."""
+    aff = _binary(cos, tau, eps, active)
+    deg = aff.sum(dim=-1)
+    inv_sqrt = deg.rsqrt()
+    return aff.mul_(inv_sqrt[:, :, None]).mul_(inv_sqrt[:, None, :]), deg, inv_sqrt
+
+
+def ncut_eigenvectors(feats: torch.Tensor, num: int, tau: float = TAU, eps: float = EPS, chunk: int = 4) -> torch.Tensor:
+    """(B, num, N) float64: the unit eigenvectors of L with the 2nd to (num + 1)-th smallest
+    eigenvalues of each image's binary cosine graph (feats (B, N, C)), by dense `eigh` as CuVLER's
+    `ncut(eig_vecs=num)`, each sign-fixed (`fix_sign`). num = 1 is `fiedler_vectors(generalized=False,
+    solver="eigh")`."""
+    parts = []
+    for i in range(0, feats.shape[0], chunk):
+        norm_aff, _, _ = _normalized_affinity(cosine_matrix(feats[i : i + chunk]), tau, eps, None)
+        vecs = _dense_vectors(norm_aff, num)
+        parts.append(fix_sign(vecs.reshape(-1, vecs.shape[-1])).reshape(vecs.shape))
+    return torch.cat(parts)
+
+
 def fiedler_from_cosine(
     cos: torch.Tensor,
     tau: float = TAU,
@@ -177,10 +204,7 @@ def fiedler_from_cosine(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got '{solver}'")
-    aff = _binary(cos, tau, eps, active)
-    deg = aff.sum(dim=-1)
-    inv_sqrt = deg.rsqrt()
-    norm_aff = aff.mul_(inv_sqrt[:, :, None]).mul_(inv_sqrt[:, None, :])
+    norm_aff, deg, inv_sqrt = _normalized_affinity(cos, tau, eps, active)
     if solver == "eigh":
         vecs = _dense_second(norm_aff)
     else:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from cad.discovery.export import image_entry, normalize_annotation, write_coco_json
 from cad.discovery.method import DiscoveryImage, DiscoveryMethod, MethodOptions, build_method, stage2_failures
 from cad.discovery.sources import UNREADABLE_IMAGE_ERRORS, ImageRecord, read_rgb, shard_range
+from cad.errors import UserError
 from cad.utils.io import atomic_write_bytes, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 _META_KEY = "__meta__"
 
 
-class WorkDirError(RuntimeError):
+class WorkDirError(UserError, RuntimeError):
     """The work folder does not match this run, or a stage's input is missing."""
 
 
@@ -116,6 +117,7 @@ def _manifest(cfg: PipelineConfig, records: Sequence[ImageRecord]) -> Dict:
         "method": cfg.method,
         "models": [list(m) for m in cfg.options.models],
         "crf": cfg.options.crf,
+        **({"params": [list(p) for p in cfg.options.params]} if cfg.options.params else {}),
         "chunk_size": cfg.chunk_size,
         "num_images": len(records),
         "images_sha1": hashlib.sha1(listing).hexdigest(),

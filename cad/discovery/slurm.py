@@ -5,7 +5,8 @@ Stage 1 runs as an array of `--shards` tasks on GPU nodes, stage 2 as an array o
 `--dependency=afterok` and the command returns at once; the local/debug executors run them
 on this machine in order and wait. Each task is `tools/discover.py ... --shard I/N --stage S`,
 and a preempted or timed-out task is requeued as is: the work folder makes it skip the chunks
-it already finished.
+it already finished. A task stopped by a user error prints its one line `error: ...` in its log
+and ends with status 2 (no traceback).
 """
 import argparse
 import logging
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import submitit
+from submitit.core.utils import UncompletedJobError
 
 from cad.discovery.pipeline import PipelineConfig
+from cad.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +31,8 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def __call__(self, argv: List[str]) -> int:
         status = self.entry(argv)
-        if status != 0:
-            raise RuntimeError(f"tools/discover.py {' '.join(argv)} exited with status {status}")
+        if status != 0:  # the entry point printed its one-line error: end the task with its status
+            raise SystemExit(status)
         return status
 
 
@@ -64,9 +67,21 @@ def _executor(args: argparse.Namespace, name: str, partition: str, cpus: int, gp
     return executor
 
 
+class TaskError(UserError):
+    """A task of the job arrays stopped by a user error (its one-line message, its log)."""
+
+
 def _wait(jobs: Sequence[submitit.Job]) -> None:
+    """Wait for `jobs` (local/debug executors). A task that ended with a user error (status 2, its
+    `error: ...` line in its log) is a `TaskError` here; other failures keep submitit's error."""
     for job in jobs:
-        job.result()  # raises submitit's FailedJobError with the task's traceback
+        try:
+            job.result()
+        except UncompletedJobError:
+            lines = [line for line in (job.stderr() or "").splitlines() if line.startswith("error: ")]
+            if not lines:
+                raise
+            raise TaskError(f"{lines[-1][len('error: '):]} (task {job.job_id}, log {job.paths.stderr})") from None
 
 
 def submit_arrays(args: argparse.Namespace, cfg: PipelineConfig, entry: Callable[[List[str]], int]) -> str:

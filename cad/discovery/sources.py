@@ -9,6 +9,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from PIL import Image
 
+from cad.errors import UserError
+
 # Errors PIL raises on a truncated, corrupt or non-image file (UnidentifiedImageError is an OSError).
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError)
 
@@ -28,15 +30,20 @@ class ImageRecord:
     path: str
 
 
+class ImageDirError(UserError, NotADirectoryError):
+    """An image folder that is not a folder (one line for the user)."""
+
+
 def list_image_dir(root: Path) -> List[ImageRecord]:
     """Every image file under `root` (recursively), sorted by relative path; ids 1..N in that order.
 
     `file_name` is the path relative to `root` (POSIX separators), so the JSON can be registered
-    with `root` as its image folder. Raises NotADirectoryError when `root` is not a folder.
+    with `root` as its image folder. Raises `ImageDirError` (a NotADirectoryError) when `root` is
+    not a folder.
     """
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"--images: '{root}' is not a directory")
+        raise ImageDirError(f"--images: '{root}' is not a directory")
     names = []
     for folder, _, files in os.walk(root):
         rel = Path(folder).relative_to(root)

@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 from cad.discovery.crf import dense_crf
 from cad.discovery.cut_io import fixed_size, mask_annotation, method_models, vit_batch
 from cad.discovery.method import DiscoveryImage, Stage2Annotations, register_method
-from cad.discovery.ncut import EPS, TAU, fiedler_vectors
+from cad.discovery.ncut import EPS, TAU, fiedler_vectors, ncut_eigenvectors
 
 __all__ = [
     "VOTECUT_MODELS",
@@ -62,6 +62,9 @@ CRF_FAILURES = "crf_failures"  # Stage2Annotations.failures kind: masks kept unr
 # CuVLER extract_eig_vecs.py default model list, in this order (the order breaks ties).
 VOTECUT_MODELS = ("dino_vits16", "dinov2_vitb14", "dinov2_vits14", "dino_vitb16", "dino_vits8", "dino_vitb8")
 KS = (2, 3)  # k-means cluster counts (CuVLER votecut Ks=(2, 3))
+# eigenvectors per model (CuVLER create_pseudo_masks.py --num-eig-vecs, default 1: the Fiedler vector);
+# with n > 1 each of the 2nd..(n+1)-th eigenvectors of L is clustered with every k, model by model.
+NUM_EIG_VECS = 1
 CORNER_LIMIT = 2  # a label covering >= 2 grid corners is background (num_corners_on_border_mask)
 MAX_COMPONENTS = 30  # a label with > 30 components is noise (instances_from_semantic_labels)
 MIN_BOX = 5  # components whose bbox is < 5 wide AND < 5 high are dropped (min_mask_w/h=5)
@@ -271,6 +274,11 @@ def votecut_masks(
     return sorted(out, key=lambda m: m.cluster_size, reverse=True)
 
 
+def _as_stack(vectors: np.ndarray) -> List[np.ndarray]:
+    """(h, w) or (n, h, w) eigenvector(s) of one model -> list of (h, w)."""
+    return [vectors] if vectors.ndim == 2 else list(vectors)
+
+
 def votecut_scores(masks: Sequence[VotedMask]) -> List[float]:
     """Score of each mask: cluster size / largest cluster size of the image (CuVLER annotations)."""
     largest = max((m.cluster_size for m in masks), default=1)
@@ -306,8 +314,12 @@ class VoteCut:
         max_masks: int = MAX_MASKS,
         solver: str = "lanczos",
         amp: Optional[str] = None,
+        num_eig_vecs: int = NUM_EIG_VECS,
         **vit_overrides,
     ) -> None:
+        if num_eig_vecs < 1:
+            raise ValueError(f"VoteCut needs num_eig_vecs >= 1 (got {num_eig_vecs})")
+        self.num_eig_vecs = num_eig_vecs
         self.models = method_models(options, VOTECUT_MODELS)
         self.device = getattr(options, "device", "cpu")
         self.crf = bool(getattr(options, "crf", True))
@@ -326,7 +338,8 @@ class VoteCut:
         return self._vits
 
     def eigenvectors(self, images: List[np.ndarray]) -> List[List[np.ndarray]]:
-        """Per image, per model: the (h, w) float64 eigenvector of the model's patch graph."""
+        """Per image, per model: the (h, w) float64 eigenvector of the model's patch graph, or with
+        `num_eig_vecs` > 1 the (num_eig_vecs, h, w) eigenvectors 2..num_eig_vecs+1 (dense eigh)."""
         from cad.backbones.features import extract_features
 
         out: List[List[np.ndarray]] = [[] for _ in images]
@@ -334,9 +347,14 @@ class VoteCut:
             side = fixed_size(self.resolution, int(vit.patch_embed.patch_size[0]))
             feats = extract_features(vit, vit_batch(images, side).to(self.device), amp=self.amp)
             patch_feats = feats.tokens if arch.startswith("dinov2") else feats.keys
-            vecs = fiedler_vectors(patch_feats, self.tau, self.eps, generalized=False, solver=self.solver)
+            if self.num_eig_vecs == 1:
+                vecs = fiedler_vectors(patch_feats, self.tau, self.eps, generalized=False, solver=self.solver)
+                shape = feats.grid
+            else:
+                vecs = ncut_eigenvectors(patch_feats, self.num_eig_vecs, self.tau, self.eps)
+                shape = (self.num_eig_vecs, *feats.grid)
             for i, vec in enumerate(vecs.cpu().numpy()):
-                out[i].append(vec.reshape(feats.grid))
+                out[i].append(vec.reshape(shape))
         return out
 
     def stage1(self, images: List[DiscoveryImage]) -> List[Dict[str, np.ndarray]]:
@@ -344,7 +362,8 @@ class VoteCut:
         return [{f"eigvec_{m}": vec for m, vec in enumerate(vecs)} for vecs in per_image]
 
     def stage2(self, image: DiscoveryImage, arrays: Dict[str, np.ndarray]) -> Stage2Annotations:
-        vectors = [arrays[f"eigvec_{m}"] for m in range(len(self.models))]
+        # CuVLER's order: per model, per eigenvector (then per k in kmeans_labelings)
+        vectors = [v for m in range(len(self.models)) for v in _as_stack(arrays[f"eigvec_{m}"])]
         masks = votecut_masks(
             vectors,
             image.image,

@@ -1,6 +1,5 @@
 """Teacher-student training: EMA updates, Guided Distillation and DIOD/xMOD self-distillation
 (importing it registers their trainers)."""
-from cad.distillation import gd_checkpoints  # noqa: F401  (registers the Guided Distillation checkpoint layouts)
 from cad.distillation import motion  # noqa: F401  (registers MotionTrainer)
 from cad.distillation.ema import ema_update, teacher_decay
 from cad.distillation.guided import GuidedDistillationTrainer, filter_pseudo_labels

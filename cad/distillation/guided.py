@@ -9,7 +9,7 @@ student the strong (photometric) view; unlabeled losses are weighted by
 SSL.UNLABELED_LOSS_WEIGHT. Checkpoints hold `modelTeacher.*` and `modelStudent.*` (the official
 `EnsembleTSModel` names, GuidedDistillation modules/ensemble.py), so --resume restores both, the
 optimiser, the scheduler and the iteration, and the files interchange with the official ones
-(see `cad.distillation.gd_checkpoints`).
+(see `cad.checkpoint.layouts.guided_distillation`).
 """
 import logging
 import time
@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.checkpoint import Checkpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
@@ -24,7 +25,9 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from cad.checkpoint.loader import load_checkpoint
+from cad.checkpoint.layouts.guided_distillation import GD_STAGE2
+from cad.checkpoint.loader import load_checkpoint, read_weights
+from cad.config import ConfigError
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
@@ -78,19 +81,26 @@ def pseudo_instances(
 class TeacherStudent(nn.Module):
     """Holds the teacher and the student under the official `EnsembleTSModel` names
     (`modelTeacher`, `modelStudent`: checkpoint keys `modelTeacher.*`, `modelStudent.*`).
-    In evaluation, forwards to the model named by `eval_who` ("teacher" or "student")."""
+    Evaluation runs on a member (`GuidedDistillationTrainer.test`), not on the pair."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, eval_who: str = "student"):
+    def __init__(self, teacher: nn.Module, student: nn.Module):
         super().__init__()
-        if eval_who.lower() not in ("teacher", "student"):
-            raise ValueError(f"SSL.EVAL_WHO must be 'teacher' or 'student', got {eval_who!r}")
-        self.modelTeacher, self.modelStudent, self.eval_who = teacher, student, eval_who.lower()  # noqa: N815 (official names)
+        self.modelTeacher, self.modelStudent = teacher, student  # noqa: N815 (official names)
         self.modelTeacher.requires_grad_(False)
 
+    def member(self, who: str) -> nn.Module:
+        """The member `who` names: "student" or "teacher"."""
+        return self.modelStudent if who == "student" else self.modelTeacher
+
     def forward(self, batched_inputs):
-        if self.training:
-            raise RuntimeError("TeacherStudent is trained by GuidedDistillationStep, not called in training mode")
-        return (self.modelTeacher if self.eval_who == "teacher" else self.modelStudent)(batched_inputs)
+        raise RuntimeError("TeacherStudent is not run itself: GuidedDistillationStep trains it, "
+                           "GuidedDistillationTrainer.test evaluates its members")
+
+
+def eval_members(cfg) -> List[str]:
+    """The members SSL.EVAL_WHO evaluates: ["student"], ["teacher"] or, for "both", both."""
+    who = str(cfg.SSL.EVAL_WHO).lower()
+    return ["student", "teacher"] if who == "both" else [who]
 
 
 class GuidedDistillationStep(SimpleTrainer):
@@ -105,7 +115,9 @@ class GuidedDistillationStep(SimpleTrainer):
         ssl = cfg.SSL
         self.burnin_iter, self.ema_decay = ssl.BURNIN_ITER, ssl.EMA_DECAY
         self.class_thresh, self.mask_thresh, self.min_area = ssl.CLASS_THRESH, ssl.MASK_THRESH, ssl.MIN_MASK_AREA
-        self.unlabeled_weight = ssl.UNLABELED_LOSS_WEIGHT
+        self.unlabeled_weight, self.freq = ssl.UNLABELED_LOSS_WEIGHT, ssl.FREQ
+        if self.freq < 1:
+            raise ConfigError(f"SSL.FREQ must be >= 1, got {self.freq}")
         self.amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
         self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
@@ -136,18 +148,22 @@ class GuidedDistillationStep(SimpleTrainer):
         return pseudo_instances(outputs, images, self.class_thresh, self.mask_thresh, self.min_area)
 
     def run_step(self):
+        """One iteration; the unlabeled batch, its pseudo-labels and loss only at iterations
+        divisible by SSL.FREQ (the official MaskFormer's `iter % ssl_freq == 0`; its trainer
+        crashes there for FREQ > 1), the teacher update at every iteration (official)."""
         assert self.model.training, "the student must be in training mode"
         start = time.perf_counter()
+        do_ssl = self.iter % self.freq == 0
         labeled = next(self._data_loader_iter)
-        unlabeled = next(self._unlabeled_iter)
+        unlabeled = next(self._unlabeled_iter) if do_ssl else []
         data_time = time.perf_counter() - start
         self.update_teacher(self.iter)
-        pseudo = self.pseudo_label(unlabeled)
+        pseudo = self.pseudo_label(unlabeled) if do_ssl else []
         strong = [
             {"image": u["image_strong"], "instances": p, "height": u["height"], "width": u["width"]}
             for u, p in zip(unlabeled, pseudo)
         ]
-        groups = [("", 1.0, len(labeled)), ("_ssl", self.unlabeled_weight, len(strong))]
+        groups = [("", 1.0, len(labeled))] + ([("_ssl", self.unlabeled_weight, len(strong))] if do_ssl else [])
         with torch.autocast("cuda", enabled=self.amp):
             loss_dict = self.model(labeled + strong, loss_groups=groups)
         losses = sum(loss_dict.values())
@@ -157,7 +173,8 @@ class GuidedDistillationStep(SimpleTrainer):
         else:
             losses.backward()
         self._write_metrics(loss_dict, data_time)
-        get_event_storage().put_scalar("ssl/pseudo_per_image", sum(len(p) for p in pseudo) / max(1, len(pseudo)))
+        if do_ssl:
+            get_event_storage().put_scalar("ssl/pseudo_per_image", sum(len(p) for p in pseudo) / max(1, len(pseudo)))
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
@@ -166,17 +183,23 @@ class GuidedDistillationStep(SimpleTrainer):
 
 
 def unlabeled_dataset_names(cfg) -> List[str]:
-    """Unlabeled splits: SSL.DATASETS_UNLABELED, or DATASETS.TRAIN with "_labeled" ->
-    "_unlabeled"; with SSL.UNLABELED_INCLUDES_LABELED (official) the labeled splits too."""
+    """Unlabeled splits: SSL.DATASETS_UNLABELED, or from DATASETS.TRAIN: a `_labeled` split's
+    `_unlabeled` twin (with SSL.UNLABELED_INCLUDES_LABELED (official) the labeled split too, so
+    the pool is the whole base split), any other split itself (the official unlabeled pool at
+    SSL.PERCENTAGE 100 is the whole training split)."""
     names = list(cfg.SSL.DATASETS_UNLABELED)
-    if not names:
-        for name in cfg.DATASETS.TRAIN:
-            if not name.endswith("_labeled"):
-                raise ValueError(f"cannot derive the unlabeled split of '{name}': set SSL.DATASETS_UNLABELED")
-            names.append(name[: -len("_labeled")] + "_unlabeled")
-    for name in names:
-        register_by_name(name, datasets_root())
-    return (list(cfg.DATASETS.TRAIN) + names) if cfg.SSL.UNLABELED_INCLUDES_LABELED else names
+    if names:
+        for name in names:
+            register_by_name(name, datasets_root())
+        return list(cfg.DATASETS.TRAIN) + names if cfg.SSL.UNLABELED_INCLUDES_LABELED else names
+    for name in cfg.DATASETS.TRAIN:
+        if not name.endswith("_labeled"):
+            names.append(name)
+            continue
+        twin = name[: -len("_labeled")] + "_unlabeled"
+        register_by_name(twin, datasets_root())
+        names += [name, twin] if cfg.SSL.UNLABELED_INCLUDES_LABELED else [twin]
+    return names
 
 
 def build_unlabeled_loader(cfg):
@@ -198,10 +221,7 @@ def load_teacher(teacher: nn.Module, cfg) -> None:
     (`modelTeacher.*`) of a Guided Distillation stage-1 or stage-2 file. (The official trainer
     loads TEACHER_CKPT into its whole `EnsembleTSModel`, modules/defaults.py, so a plain file
     would fill nothing there.)"""
-    teacher_cfg = cfg.clone()
-    teacher_cfg.defrost()
-    teacher_cfg.SSL.EVAL_WHO = "TEACHER"
-    load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, teacher_cfg)
+    load_checkpoint(teacher, cfg.SSL.TEACHER_CKPT, cfg, member="teacher")
 
 
 @TRAINER_REGISTRY.register()
@@ -221,17 +241,73 @@ class GuidedDistillationTrainer(CadTrainer):
             return super().build_training(cfg)
         teacher = cls.build_model(cfg)
         student = cls.build_model(cfg)
-        ensemble = TeacherStudent(teacher, student, cfg.SSL.EVAL_WHO)
+        ensemble = TeacherStudent(teacher, student)
         optimizer = cls.build_optimizer(cfg, student)
-        labeled_loader = cls.build_train_loader(cfg)
+        labeled_cfg = cfg.clone()  # the official train_net.setup sets the labeled sampler of stage 2
+        labeled_cfg.defrost()
+        labeled_cfg.DATALOADER.SAMPLER_TRAIN = cfg.SSL.LABELED_SAMPLER_TRAIN
+        labeled_cfg.DATALOADER.REPEAT_THRESHOLD = cfg.SSL.LABELED_REPEAT_THRESHOLD
+        labeled_cfg.freeze()
+        labeled_loader = cls.build_train_loader(labeled_cfg)
         unlabeled_loader = build_unlabeled_loader(cfg)
         step = GuidedDistillationStep(cfg, build_ddp_model(student), ensemble.modelTeacher, labeled_loader, unlabeled_loader, optimizer)
         return ensemble, step
 
     @property
     def model(self) -> nn.Module:
-        """The model evaluated by the EvalHook: the teacher-student pair in stage 2 (SSL.EVAL_WHO)."""
+        """The model evaluated by the EvalHook: the teacher-student pair in stage 2 (`test`
+        evaluates the members SSL.EVAL_WHO names)."""
         return self.checkpointer.model if self.cfg.SSL.TRAIN_SSL else self._trainer.model
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """A stage-2 pair: each member SSL.EVAL_WHO names; with "both", the results of each under
+        the keys "student" and "teacher" (evaluator outputs in inference/<member>/<split>).
+        (The official trainer evaluates the student during training whatever EVAL_WHO says.)"""
+        if not isinstance(model, TeacherStudent):
+            return super().test(cfg, model, evaluators)
+        members = eval_members(cfg)
+        if len(members) == 1:
+            return super().test(cfg, model.member(members[0]), evaluators)
+        return cls.save_results(cfg, {m: cls.evaluate_model(cfg, model.member(m), m, tta=False) for m in members})
+
+    @classmethod
+    def best_checkpoint_metric(cls, cfg) -> str:
+        """With SSL.EVAL_WHO BOTH a metric that names no member ("segm/AP") is the student's
+        ("student/segm/AP"): the official trainer keeps the best student."""
+        metric = cfg.CAD.BEST_CHECKPOINT_METRIC
+        if metric and len(eval_members(cfg)) > 1 and metric.split("/", 1)[0] not in ("student", "teacher"):
+            return "student/" + metric
+        return metric
+
+    @classmethod
+    def eval_subfolders(cls, cfg) -> List[str]:
+        members = eval_members(cfg)
+        return members if len(members) > 1 else [""]
+
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False) -> Dict:
+        """`--eval-only`. With SSL.EVAL_WHO BOTH, each member of a stage-2 checkpoint (official or
+        cad's) evaluated, results under "student" and "teacher" (the official `--eval-only`
+        evaluates the teacher alone for BOTH); `ConfigError` for a file that holds one model."""
+        members = eval_members(cfg)
+        if len(members) == 1:
+            return super().evaluate(cfg, resume)
+        last = Checkpointer(nn.Module(), save_dir=cfg.OUTPUT_DIR)
+        path = last.get_checkpoint_file() if resume and last.has_checkpoint() else cfg.MODEL.WEIGHTS
+        if not GD_STAGE2.matches(read_weights(path)):
+            raise ConfigError(f"SSL.EVAL_WHO BOTH evaluates the teacher and the student of a stage-2 checkpoint "
+                              f"(modelTeacher.* + modelStudent.*); '{path}' holds one model: use STUDENT or TEACHER")
+        results = {}
+        for member in members:
+            member_cfg = cfg.clone()
+            member_cfg.defrost()
+            member_cfg.SSL.EVAL_WHO = member
+            member_cfg.freeze()
+            model = cls.build_model(member_cfg)
+            load_checkpoint(model, path, member_cfg)
+            results[member] = cls.evaluate_model(member_cfg, model, member)
+        return cls.save_results(cfg, results)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -256,7 +332,7 @@ class GuidedDistillationTrainer(CadTrainer):
         ensemble = self.checkpointer.model
         load_teacher(ensemble.modelTeacher, self.cfg)
         logger.info("Loaded the teacher from %s", self.cfg.SSL.TEACHER_CKPT)
-        # The student starts from MODEL.WEIGHTS: a backbone initialisation (ImageNet R-50.pkl) or a full checkpoint.
-        if self.cfg.MODEL.WEIGHTS:
-            load_checkpoint(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
+        # The student starts from MODEL.WEIGHTS: a backbone initialisation (ImageNet R-50.pkl), a full
+        # checkpoint, or "" (random initialisation, with the loader's warning).
+        load_checkpoint(ensemble.modelStudent, self.cfg.MODEL.WEIGHTS, self.cfg, for_training=True)
         self.start_iter = 0

@@ -9,33 +9,39 @@ clip (SOLVER.CLIP_GRADIENTS), lr = base * min(1, it/warmup) * 0.5^(it/half-life)
 import logging
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer
 from detectron2.solver import LRMultiplier
 from detectron2.solver.build import maybe_add_gradient_clipping
 from fvcore.common.param_scheduler import ParamScheduler
 
-from cad.data.motion import MotionClipMapper
+from cad.config import ConfigError
+from cad.data.motion import MotionClipMapper, supervision_paths
 from cad.distillation.ema import ema_update, unwrap
 from cad.engine.distributed import average_buffers
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
+from cad.modeling.motion import RANGE_ARCHS
 
 logger = logging.getLogger(__name__)
 
 
-def lr_factor(it: int, warmup: int, half_life: float) -> float:
-    """DIOD's schedule factor: min(1, it/warmup) * 0.5^(it/half_life) (decay also during warmup)."""
+def lr_factor(it: int, warmup: int, half_life: float, decay_in_warmup: bool = True) -> float:
+    """DIOD's schedule factor min(1, it/warmup) * 0.5^(it/half_life), the decay also during warmup
+    (trainPD_ts.py); `decay_in_warmup=False`: xMOD's (train/trainer._update_learning_rate), a linear
+    warmup, then 0.5^(it/half_life)."""
+    if not decay_in_warmup and it + 1 < warmup:
+        return (it + 1) / warmup
     return min(1.0, (it + 1) / max(1, warmup)) * 0.5 ** (it / half_life)
 
 
 class DIODLRSchedule(ParamScheduler):
     """`lr_factor` as an fvcore ParamScheduler (called with the training progress in [0, 1))."""
 
-    def __init__(self, max_iter: int, warmup: int, half_life: float):
-        self.max_iter, self.warmup, self.half_life = max_iter, warmup, half_life
+    def __init__(self, max_iter: int, warmup: int, half_life: float, decay_in_warmup: bool = True):
+        self.max_iter, self.warmup, self.half_life, self.decay_in_warmup = max_iter, warmup, half_life, decay_in_warmup
 
     def __call__(self, where: float) -> float:
-        return lr_factor(int(round(where * self.max_iter)), self.warmup, self.half_life)
+        return lr_factor(int(round(where * self.max_iter)), self.warmup, self.half_life, self.decay_in_warmup)
 
 
 class MotionStepTrainer(SimpleTrainer):
@@ -57,13 +63,37 @@ class MotionStepTrainer(SimpleTrainer):
             ema_update(model.teachers, model.students, self.keep_rate)
 
 
+def epochs_to_iterations(cfg):
+    """`cfg` with SOLVER.MAX_ITER = CAD.MOTION.EPOCHS * floor(training videos / SOLVER.IMS_PER_BATCH)
+    (the official scripts' epochs: one random clip per camera video, DataLoader drop_last); `cfg`
+    itself when EPOCHS is 0."""
+    epochs = cfg.CAD.MOTION.EPOCHS
+    if epochs <= 0:
+        return cfg
+    videos = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+    per_epoch = videos // cfg.SOLVER.IMS_PER_BATCH
+    if per_epoch == 0:
+        raise ConfigError(f"CAD.MOTION.EPOCHS: {videos} training videos make no batch of SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = epochs * per_epoch
+    cfg.freeze()
+    logger.info("CAD.MOTION.EPOCHS %d x %d iterations (%d videos, batch %d): SOLVER.MAX_ITER = %d",
+                epochs, per_epoch, videos, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER)
+    return cfg
+
+
 @TRAINER_REGISTRY.register()
 class MotionTrainer(CadTrainer):
-    """CadTrainer for the `DIOD` / `XMOD` meta-architectures (clip loaders, Adam, DIOD lr, EMA)."""
+    """CadTrainer for the `DIOD` / `DIOD3D` / `XMOD` meta-architectures (clip loaders, Adam, DIOD lr,
+    EMA; training length in epochs with CAD.MOTION.EPOCHS)."""
+
+    def __init__(self, cfg):
+        super().__init__(epochs_to_iterations(cfg))
 
     @staticmethod
     def _with_range(cfg) -> bool:
-        return cfg.MODEL.META_ARCHITECTURE == "XMOD"
+        return cfg.MODEL.META_ARCHITECTURE in RANGE_ARCHS
 
     @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer):
@@ -78,12 +108,18 @@ class MotionTrainer(CadTrainer):
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
         # Detectron2's LRMultiplier: its state is checkpointed, so --resume continues the schedule.
-        sched = DIODLRSchedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.CAD.MOTION.LR_HALF_LIFE)
+        m = cfg.CAD.MOTION
+        sched = DIODLRSchedule(cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, m.LR_HALF_LIFE, m.LR_DECAY_IN_WARMUP)
         return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
+        """Clip loader of DATASETS.TRAIN; a video without masks of CAD.MOTION.SUPERVISION is one
+        `ConfigError` here, before training starts."""
+        videos = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        for d in videos:
+            supervision_paths(d, cfg.CAD.MOTION.SUPERVISION)
+        return build_detection_train_loader(cfg, dataset=videos, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

@@ -1,17 +1,13 @@
 """The `tools/train_net.py` command line: parse, then train/evaluate locally or submit to SLURM."""
 import argparse
 import logging
-import sys
 from typing import List, Optional
 
 from detectron2.engine import default_argument_parser
 
-from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
-from cad.data.file_splits import SplitSpecError
-from cad.data.mapper import CorruptImageError
-from cad.data.paths import DatasetMissingError
-from cad.engine.launch import LaunchError, check_launch, launch
-from cad.engine.setup import ConfigError, build_cfg, check_output_dir, check_teacher_checkpoint, check_trainable, check_weights
+from cad.engine.launch import check_launch, launch
+from cad.engine.setup import build_cfg, check_output_dir, check_teacher_checkpoint, check_trainable, check_weights
+from cad.errors import UserError, report
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +45,6 @@ def train_argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def error_line(e: Exception) -> str:
-    """The message of `e`. An error re-raised from a DataLoader worker carries the worker's
-    traceback ("Caught X in DataLoader worker process N. Original Traceback ..."), whose last line
-    is `module.X: message`: then only that message."""
-    text = str(e).strip()
-    if "\nOriginal Traceback" not in text:
-        return text
-    return text.splitlines()[-1].split(": ", 1)[-1]
-
-
 def run(argv: Optional[List[str]] = None) -> int:
     """Entry point of tools/train_net.py; returns the exit status."""
     args = train_argument_parser().parse_args(argv)
@@ -80,8 +66,6 @@ def run(argv: Optional[List[str]] = None) -> int:
             print(f"submitted job {job.job_id}")
             return 0
         launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
-    except (ConfigError, DatasetMissingError, SplitSpecError, CorruptImageError, WeightsNotFoundError,
-            CheckpointLayoutError, LaunchError) as e:
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        return 2
+    except UserError as e:  # also when raised in a process of --num-gpus N (cad.engine.launch)
+        return report(e)
     return 0

@@ -1,6 +1,7 @@
 """Multi-process launch that also works without CUDA (gloo backend, one process per "GPU")."""
 import logging
 import os
+import sys
 from datetime import timedelta
 from typing import Callable, Sequence
 
@@ -10,13 +11,19 @@ import torch.multiprocessing as mp
 from detectron2.engine.launch import _find_free_port
 from detectron2.utils import comm
 
+from cad.errors import EXIT_USER_ERROR, UserError, error_line
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """A process layout this machine cannot run (reported as one line by the tools)."""
+
+
+class WorkerError(UserError):
+    """A user error raised in a worker process of `launch` (its one-line message)."""
 
 
 def usable_cpus() -> int:
@@ -66,7 +73,9 @@ def launch(
     """Run `main_func(*args)` in `num_gpus_per_machine` processes on each of `num_machines`.
 
     Same contract as `detectron2.engine.launch`, whose v0.6 hard-codes NCCL: on a machine
-    without CUDA the processes use gloo and `--num-gpus N` means N CPU processes.
+    without CUDA the processes use gloo and `--num-gpus N` means N CPU processes. A user error
+    (`cad.errors.UserError`) in a worker process ends it with `EXIT_USER_ERROR` and no traceback,
+    and is raised here again as a `WorkerError` with the same one-line message.
     """
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
@@ -76,14 +85,24 @@ def launch(
         if num_machines != 1:
             raise LaunchError("--dist-url auto works on one machine only; pass --dist-url tcp://HOST:PORT of machine 0")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout)
     if num_gpus_per_machine == 1:
         # One process per machine (e.g. a submitit task per node with one GPU): train in this
         # process, so a preemption signal reaches the training loop itself.
-        _worker(0, *worker_args)
+        _worker(0, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout)
         return
+    # A user error in a worker comes back here through this queue and is raised again, so the tool
+    # prints its one line (the worker exits with EXIT_USER_ERROR, without a traceback).
+    user_errors = mp.get_context("spawn").SimpleQueue()
+    worker_args = (main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout, user_errors)
     context = mp.start_processes(_worker, nprocs=num_gpus_per_machine, args=worker_args, daemon=False,
                                  start_method="spawn", join=False)
+    # torch logs "Terminating process N" when it stops the other workers; after a user error that
+    # is expected, and the user sees the error's one line only.
+    def quiet(record: logging.LogRecord) -> bool:
+        return user_errors.empty()
+
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    spawn_logger.addFilter(quiet)
     try:
         while not context.join():
             pass
@@ -93,10 +112,14 @@ def launch(
         for process in context.processes:
             if process.is_alive():
                 process.terminate()
+        if not user_errors.empty():
+            raise WorkerError(user_errors.get()) from None
         raise
+    finally:
+        spawn_logger.removeFilter(quiet)
 
 
-def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout):
+def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout, user_errors=None):
     global_rank = machine_rank * num_gpus_per_machine + local_rank
     backend = dist_backend()
     if backend == "nccl":
@@ -112,5 +135,10 @@ def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_ran
     comm.synchronize()
     try:
         main_func(*args)
+    except UserError as e:
+        if user_errors is None:  # this process is the launcher: the tool reports it
+            raise
+        user_errors.put(error_line(e))
+        sys.exit(EXIT_USER_ERROR)
     finally:
         dist.destroy_process_group()

@@ -8,14 +8,31 @@ import zipfile
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from cad.config import ConfigError, add_cad_config, check_choices
 from cad.data.file_splits import SYNTAX, SplitSpecError, is_file_split, register_file_split
 from cad.data.paths import datasets_root
-from cad.data.ssl_splits import register_by_name
+from cad.data.ssl_splits import labeled_split_name, percentage_of, register_by_name, split_percentage
 
 logger = logging.getLogger(__name__)
+
+
+def default_cfg() -> CfgNode:
+    """Detectron2's defaults with every cad key (`add_cad_config`), unfrozen."""
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    return cfg
+
+
+def is_config_key(cfg: CfgNode, key: str) -> bool:
+    """Whether the dotted `key` (e.g. MODEL.WEIGHTS) names a value or node of `cfg`."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
@@ -24,10 +41,10 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     Dataset specs `coco:ANNOTATIONS.json:IMAGE_DIR` and `images:DIR` are registered and replaced
     by their registered names (`cad.data.file_splits`). Raises `ConfigError` (one line) for an
     unknown key, a value outside `cad.config.CHOICES`, an unregistered dataset name or a spec
-    whose files are missing.
+    whose files are missing. `SSL.PERCENTAGE` then picks the labeled split of each training
+    split (`apply_ssl_percentage`).
     """
-    cfg = get_cfg()
-    add_cad_config(cfg)
+    cfg = default_cfg()
     try:
         _merge_config_file(cfg, args.config_file)
         cfg.merge_from_list(list(args.opts))
@@ -37,6 +54,8 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {e.filename or args.config_file}") from e
     except (KeyError, ValueError, AssertionError) as e:
+        if "SSL.PERCENTAGE" in str(e):
+            raise ConfigError(f"SSL.PERCENTAGE takes an integer, as the official code: {PERCENTAGE_SYNTAX}") from e
         raise ConfigError(f"bad config in {args.config_file} or overrides: {e}") from e
     if getattr(args, "train_dataset", None):
         cfg.DATASETS.TRAIN = (args.train_dataset,)
@@ -44,6 +63,8 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
         cfg.DATASETS.TEST = (args.test_dataset,)
     cfg.DATASETS.TRAIN = register_file_splits(cfg.DATASETS.TRAIN, train=True)
     cfg.DATASETS.TEST = register_file_splits(cfg.DATASETS.TEST)
+    apply_ssl_percentage(cfg)
+    check_eval_who(cfg)
     check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     adapt_to_device(cfg)
     cfg.freeze()
@@ -77,6 +98,48 @@ def register_file_splits(names, train: bool = False) -> tuple:
         return tuple(register_file_split(n) if is_file_split(n) else n for n in names)
     except SplitSpecError as e:
         raise ConfigError(str(e)) from e
+
+
+PERCENTAGE_SYNTAX = ("P in 1..100 for P % of DATASETS.TRAIN, or 100/P above 100 for less than 1 % (250 = 0.4 %); "
+                     "for another fraction name the split: DATASETS.TRAIN ('<split>_<P>pct_seed<S>_labeled',)")
+
+
+def apply_ssl_percentage(cfg: CfgNode) -> None:
+    """`SSL.PERCENTAGE` != 100 replaces each DATASETS.TRAIN split by its labeled part, as the
+    official train_net.setup appends `_{PERCENTAGE}` to the split name (official: to the first
+    split only): the official Cityscapes list for 5/10/20/30 %, else cad's split seeded by
+    SSL.SPLIT_SEED (`cad.data.ssl_splits.labeled_split_name`). A split that already is a labeled
+    part of the same percentage is kept (a saved config.yaml loads again). Raises `ConfigError`
+    for a value that is not a positive integer, an unknown split, or a split of another percentage."""
+    value = cfg.SSL.PERCENTAGE
+    if value == 100:
+        return
+    try:
+        pct = percentage_of(value)
+    except ValueError as e:
+        raise ConfigError(f"SSL.PERCENTAGE {value!r}: {PERCENTAGE_SYNTAX}") from e
+    resolved = []
+    for name in cfg.DATASETS.TRAIN:
+        check_datasets([name])
+        existing = split_percentage(name)
+        if existing is not None:
+            if abs(existing - pct) > 1e-9 * pct:
+                raise ConfigError(f"DATASETS.TRAIN '{name}' is a {existing:g} % split but SSL.PERCENTAGE {value} asks "
+                                  f"for {pct:g} %: name the whole split (e.g. '{MetadataCatalog.get(name).ssl_base}')")
+            resolved.append(name)
+            continue
+        try:
+            resolved.append(labeled_split_name(name, value, cfg.SSL.SPLIT_SEED))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        logger.info("SSL.PERCENTAGE %d: training split '%s' -> '%s' (%g %%)", value, name, resolved[-1], pct)
+    cfg.DATASETS.TRAIN = tuple(resolved)
+
+
+def check_eval_who(cfg: CfgNode) -> None:
+    """Raise `ConfigError` unless SSL.EVAL_WHO is student, teacher or both (any case)."""
+    if str(cfg.SSL.EVAL_WHO).lower() not in ("student", "teacher", "both"):
+        raise ConfigError(f"SSL.EVAL_WHO is '{cfg.SSL.EVAL_WHO}'; expected STUDENT, TEACHER or BOTH")
 
 
 def check_datasets(names) -> None:
@@ -133,7 +196,7 @@ def check_weights(path: str, output_dir: str = "", resume: bool = False, require
     """Raise `ConfigError` when the checkpoint `path` (MODEL.WEIGHTS) is a local file that does not
     exist, unless `resume` finds a checkpoint in `output_dir` (which then replaces it).
 
-    Remote paths (`scheme://`) are left to Detectron2's PathManager. "" means random
+    URLs (`scheme://`) are downloaded by the loader (`cad.checkpoint.sources`). "" means random
     initialisation, an error when `required`. With `resume`, the checkpoint that
     `output_dir/last_checkpoint` names must exist and be a complete PyTorch zip archive (what
     cad's trainers save; a file cut short by a crash or a full disk is not one).
@@ -162,7 +225,8 @@ def check_teacher_checkpoint(cfg: CfgNode, eval_only: bool = False, resume: bool
         return
     path = cfg.SSL.TEACHER_CKPT
     if not path:
-        raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True) needs the stage-1 checkpoint, pass SSL.TEACHER_CKPT PATH")
+        raise ConfigError("SSL.TEACHER_CKPT is empty: stage 2 (SSL.TRAIN_SSL True, the default) needs the stage-1 "
+                          "checkpoint, pass SSL.TEACHER_CKPT PATH (stage 1: SSL.TRAIN_SSL False)")
     if "://" not in path and not os.path.isfile(path):
         raise ConfigError(f"SSL.TEACHER_CKPT '{path}' not found: train stage 1 first (it writes model_final.pth) or pass SSL.TEACHER_CKPT PATH")
 

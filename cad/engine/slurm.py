@@ -3,7 +3,8 @@
 One submitit task per node; each task launches `--num-gpus` processes, so a job of K nodes
 trains on K×G processes. The rendezvous address is the first node of the job. On preemption
 or timeout submitit calls `checkpoint()`, which requeues the same run with `--resume`, so it
-continues from `OUTPUT_DIR/last_checkpoint` instead of iteration 0.
+continues from `OUTPUT_DIR/last_checkpoint` instead of iteration 0. A user error (bad weights, a
+missing dataset, ...) in a task is one line `error: ...` in its log and exit status 2.
 """
 import argparse
 import copy
@@ -15,6 +16,7 @@ from typing import Callable
 import submitit
 
 from cad.engine.launch import launch
+from cad.errors import UserError, exit_in_task
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         if env.num_tasks == 1 and args.num_gpus == 1:
             args.dist_url = "auto"
         logger.info("submitit task %d/%d, dist_url %s", env.global_rank, env.num_tasks, args.dist_url)
-        launch(self.main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+        try:
+            launch(self.main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args=(args,))
+        except UserError as e:  # one line in the task's log, status 2, no traceback
+            exit_in_task(e)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue on preemption/timeout, resuming from the last checkpoint."""

@@ -1,5 +1,6 @@
 """What `tools/train_net.py` runs in each process: train, or evaluate with `--eval-only`."""
 import argparse
+import itertools
 import logging
 import os
 
@@ -7,7 +8,6 @@ import torch
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 
-from cad.checkpoint.loader import CadCheckpointer
 from cad.engine.setup import build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
 from cad.utils.visualize import render_predictions
@@ -29,12 +29,10 @@ def main(args: argparse.Namespace):
     cfg = setup(args)
     trainer_cls = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)
     if args.eval_only:
-        model = trainer_cls.build_model(cfg)
-        CadCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = trainer_cls.test(cfg, model)
+        results = trainer_cls.evaluate(cfg, resume=args.resume)
         if comm.is_main_process() and cfg.CAD.VIS_NUM_IMAGES > 0:
-            for name in cfg.DATASETS.TEST:
-                folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+            for subfolder, name in itertools.product(trainer_cls.eval_subfolders(cfg), cfg.DATASETS.TEST):
+                folder = os.path.join(cfg.OUTPUT_DIR, "inference", subfolder, name)
                 render_predictions(
                     name,
                     os.path.join(folder, "coco_instances_results.json"),

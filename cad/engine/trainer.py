@@ -20,7 +20,9 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import Registry
 
 from cad.checkpoint.loader import CadCheckpointer
+from cad.config import ConfigError
 from cad.data.mapper import CadDatasetMapper
+from cad.engine.best_checkpoint import BestMetricCheckpointer
 from cad.engine.distributed import broadcast_buffers
 from cad.engine.eta import EtaHook
 from cad.engine.preemption import PreemptionHook
@@ -76,11 +78,25 @@ class CadTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self) -> List:
-        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary)
-        and `EtaHook` (training-time estimates after the first iterations and after the LR warm-up,
-        main process)."""
+        """Detectron2's hooks plus `PreemptionHook` (SLURM preemption at an iteration boundary),
+        and on the main process `EtaHook` (training-time estimates after the first iterations and
+        after the LR warm-up) and, with CAD.BEST_CHECKPOINT_METRIC and DATASETS.TEST,
+        `BestMetricCheckpointer` after the evaluation hook (OUTPUT_DIR/model_best.pth)."""
         hooks = super().build_hooks() + [PreemptionHook()]
-        return hooks + [EtaHook(warmup=self.cfg.SOLVER.WARMUP_ITERS)] if comm.is_main_process() else hooks
+        if not comm.is_main_process():
+            return hooks
+        hooks.append(EtaHook(warmup=self.cfg.SOLVER.WARMUP_ITERS))
+        metric = self.best_checkpoint_metric(self.cfg)
+        if metric and self.cfg.DATASETS.TEST:
+            hooks.append(BestMetricCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer, metric, self.cfg.CAD.BEST_CHECKPOINT_MODE))
+        elif metric:
+            logger.info("CAD.BEST_CHECKPOINT_METRIC %s: no DATASETS.TEST to evaluate, so no model_best.pth", metric)
+        return hooks
+
+    @classmethod
+    def best_checkpoint_metric(cls, cfg) -> str:
+        """The evaluation-result key model_best.pth tracks ("" = none)."""
+        return cfg.CAD.BEST_CHECKPOINT_METRIC
 
     def state_dict(self) -> Dict:
         """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).
@@ -124,6 +140,13 @@ class CadTrainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """Detectron2's schedulers, plus "WarmupPolyLR" (SOLVER.POLY_LR_*) from its DeepLab project."""
+        from detectron2.projects.deeplab import build_lr_scheduler
+
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
     def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
         """The object that runs one iteration: AMP only when enabled and CUDA is present."""
         if cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available():
@@ -157,7 +180,49 @@ class CadTrainer(DefaultTrainer):
 
         (`OUTPUT_DIR/metrics.json` is Detectron2's line-per-iteration training log.)
         """
-        results = super().test(cfg, model, evaluators)
+        return cls.save_results(cfg, super().test(cfg, model, evaluators))
+
+    @staticmethod
+    def save_results(cfg, results: Dict) -> Dict:
+        """Write `results` to OUTPUT_DIR/eval_results.json (main process) and return them."""
         if comm.is_main_process() and results:
             atomic_write_json(os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE), results)
         return results
+
+    @classmethod
+    def evaluate(cls, cfg, resume: bool = False) -> Dict:
+        """`--eval-only`: MODEL.WEIGHTS (the last checkpoint of OUTPUT_DIR with `resume`) on every
+        DATASETS.TEST split, plus the TEST.AUG results (keys suffixed "_TTA") when enabled."""
+        model = cls.build_model(cfg)
+        CadCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        return cls.save_results(cfg, cls.evaluate_model(cfg, model))
+
+    @classmethod
+    def eval_subfolders(cls, cfg) -> List[str]:
+        """Folders under OUTPUT_DIR/inference/ that `evaluate` writes each split's outputs in ("" = none)."""
+        return [""]
+
+    @classmethod
+    def evaluate_model(cls, cfg, model: torch.nn.Module, subfolder: str = "", tta: bool = True) -> Dict:
+        """Results of `model` on DATASETS.TEST (evaluator outputs in OUTPUT_DIR/inference/<subfolder>/<split>)
+        and, with `tta` and TEST.AUG.ENABLED, of its test-time augmentation (in inference_TTA/, keys
+        + "_TTA", as the official Guided Distillation train_net.py names them)."""
+        def evaluators(folder: str) -> List[DatasetEvaluator]:
+            return [cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, folder, subfolder, name)) for name in cfg.DATASETS.TEST]
+
+        tta_model = cls.with_test_time_augmentation(cfg, model) if tta and cfg.TEST.AUG.ENABLED else None
+        # (Detectron2's test gives None on the other ranks for evaluators that only score on the main one)
+        results = super(CadTrainer, cls).test(cfg, model, evaluators("inference")) or {}
+        if tta_model is not None:
+            tta = super(CadTrainer, cls).test(cfg, tta_model, evaluators("inference_TTA")) or {}
+            results.update({f"{k}_TTA": v for k, v in tta.items()})
+        return results
+
+    @classmethod
+    def with_test_time_augmentation(cls, cfg, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` wrapped for TEST.AUG (Mask2Former: `Mask2FormerWithTTA`); `ConfigError` for others."""
+        if cfg.MODEL.META_ARCHITECTURE != "Mask2Former":
+            raise ConfigError(f"TEST.AUG.ENABLED: test-time augmentation is implemented for Mask2Former, not {cfg.MODEL.META_ARCHITECTURE}")
+        from cad.modeling.mask2former.tta import Mask2FormerWithTTA
+
+        return Mask2FormerWithTTA(cfg, model)

@@ -2,8 +2,9 @@
 from cad.evaluation.build import EVALUATOR_REGISTRY, build_evaluator
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
 from cad.evaluation.corloc import CorLocEvaluator, corloc
+from cad.evaluation.hungarian import HungarianVOCEvaluator
 from cad.evaluation.motion import MotionEvaluator
 
 __all__ = [
-    "EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "CorLocEvaluator", "MotionEvaluator", "corloc",
+    "EVALUATOR_REGISTRY", "build_evaluator", "ClassAgnosticCOCOEvaluator", "CorLocEvaluator", "HungarianVOCEvaluator", "MotionEvaluator", "corloc",
 ]

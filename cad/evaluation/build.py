@@ -4,8 +4,11 @@ import os
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
+from cad.config import ConfigError
+from cad.evaluation.cityscapes import instance_evaluator
 from cad.evaluation.class_agnostic import ClassAgnosticCOCOEvaluator
 from cad.evaluation.predictions import PredictionWriter
 
@@ -33,6 +36,18 @@ def class_agnostic(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
 def coco(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """Multi-class COCO AP (Detectron2's COCOEvaluator; splits with evaluator_type "coco")."""
     return COCOEvaluator(dataset_name, output_dir=output_dir, max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+
+@EVALUATOR_REGISTRY.register()
+def cityscapes_instance(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+    """Cityscapes instance segmentation AP and AP50 ("segm"), scored by cityscapesscripts
+    (Detectron2's CityscapesInstanceEvaluator, as Guided Distillation's train_net.py; splits
+    with evaluator_type "cityscapes_instance"). Its processes write to one temporary folder, so
+    it runs on one machine (the official code asserts the same)."""
+    if comm.get_world_size() != comm.get_local_size():
+        raise ConfigError(f"'{dataset_name}' is scored by CityscapesInstanceEvaluator, which runs on one machine "
+                          f"(its processes share a temporary folder): evaluate with --num-machines 1")
+    return instance_evaluator(dataset_name)
 
 
 @EVALUATOR_REGISTRY.register()

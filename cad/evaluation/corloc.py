@@ -95,35 +95,48 @@ def corloc(
     return float(np.mean(list(hits.values())))
 
 
-def gt_boxes_of_record(record: Dict, round_to_int: bool = False) -> np.ndarray:
-    """(n, 4) XYXY ground-truth boxes of a Detectron2 dataset dict, `iscrowd` ones left out."""
+def _is_hard(ann: Dict) -> bool:
+    """LOST's `--no_hard` (the VOC_all setup): truncated or difficult VOC objects."""
+    return bool(ann.get("truncated", 0) or ann.get("difficult", 0))
+
+
+def gt_boxes_of_record(record: Dict, round_to_int: bool = False, no_hard: bool = False) -> np.ndarray:
+    """(n, 4) XYXY ground-truth boxes of a Detectron2 dataset dict, `iscrowd` ones left out (and,
+    with `no_hard`, truncated or difficult ones)."""
     boxes = [
         BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
         for ann in record.get("annotations", [])
-        if not ann.get("iscrowd", 0)
+        if not ann.get("iscrowd", 0) and not (no_hard and _is_hard(ann))
     ]
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     # LOST's COCO ground truth: [x, y, x + w, y + h] rounded with Python's round (half to even).
     return np.round(boxes) if round_to_int else boxes
 
 
-def dataset_gt_boxes(dataset_name: str) -> Dict[Hashable, np.ndarray]:
-    """image_id -> (n, 4) XYXY ground-truth boxes of a registered split, for CorLoc."""
+def dataset_gt_boxes(dataset_name: str, no_hard: bool = False) -> Dict[Hashable, np.ndarray]:
+    """image_id -> (n, 4) XYXY ground-truth boxes of a registered split, for CorLoc.
+
+    `no_hard` (LOST's VOC_all setup, main_lost.py --no_hard): truncated and difficult boxes are
+    left out, and so are the images left without any box (they are not evaluated)."""
     round_to_int = bool(MetadataCatalog.get(dataset_name).get("corloc_round_gt", False))
-    return {r["image_id"]: gt_boxes_of_record(r, round_to_int) for r in DatasetCatalog.get(dataset_name)}
+    gt = {r["image_id"]: gt_boxes_of_record(r, round_to_int, no_hard) for r in DatasetCatalog.get(dataset_name)}
+    return {k: v for k, v in gt.items() if len(v)} if no_hard else gt
 
 
-def dataset_corloc(dataset_name: str, pred_boxes_per_image: Mapping, pred_scores_per_image: Optional[Mapping] = None) -> float:
+def dataset_corloc(
+    dataset_name: str, pred_boxes_per_image: Mapping, pred_scores_per_image: Optional[Mapping] = None, no_hard: bool = False
+) -> float:
     """CorLoc of predictions (image_id -> boxes) on every image of a registered split."""
-    return corloc(pred_boxes_per_image, dataset_gt_boxes(dataset_name), pred_scores_per_image)
+    return corloc(pred_boxes_per_image, dataset_gt_boxes(dataset_name, no_hard), pred_scores_per_image)
 
 
 class CorLocEvaluator(DatasetEvaluator):
     """CorLoc of a detector's top-scoring box per image (LOST+CAD), on the images it was run on."""
 
-    def __init__(self, dataset_name: str, output_dir: Optional[str] = None) -> None:
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, no_hard: bool = False) -> None:
         self.dataset_name = dataset_name
         self.output_dir = output_dir
+        self.no_hard = no_hard
         self._gt: Optional[Dict[Hashable, np.ndarray]] = None
         self.reset()
 
@@ -145,8 +158,8 @@ class CorLocEvaluator(DatasetEvaluator):
             return {}
         predictions = dict(itertools.chain.from_iterable(p.items() for p in gathered))
         if self._gt is None:
-            self._gt = dataset_gt_boxes(self.dataset_name)
-        gt = {image_id: self._gt[image_id] for image_id in predictions}
+            self._gt = dataset_gt_boxes(self.dataset_name, self.no_hard)
+        gt = {image_id: self._gt[image_id] for image_id in predictions if image_id in self._gt}
         if not gt:
             logger.warning("CorLoc on '%s': no predictions", self.dataset_name)
             return {}
@@ -157,8 +170,9 @@ class CorLocEvaluator(DatasetEvaluator):
 
 
 def _corloc_factory(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
-    """`EVALUATOR_REGISTRY` factory of splits with `evaluator_type="corloc"`."""
-    return CorLocEvaluator(dataset_name, output_dir)
+    """`EVALUATOR_REGISTRY` factory of splits with `evaluator_type="corloc"` (CAD.LOST.NO_HARD: LOST's
+    VOC_all setup)."""
+    return CorLocEvaluator(dataset_name, output_dir, bool(cfg.CAD.LOST.NO_HARD))
 
 
 # The registry keys factories by function name; `corloc` is taken by the pure function above.

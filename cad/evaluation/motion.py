@@ -10,12 +10,15 @@
 - Error breakdown (ours, for diagnosis; not in DIOD): every ground-truth object that F1@50 misses
   is counted as lost in the background slot, merged with other objects, or other (split, or its
   slot spills into the background), separately for moving and static objects (`miss_cause`).
+- With `save_predictions` (CAD.MOTION.SAVE_PREDICTIONS, xMOD main_evaluation.py --save_predictions)
+  every frame's slot masks are written to `<output_dir>/predictions/<video>/<frame>.npz`.
 All counting is vectorised (contingency tables by `bincount`).
 """
 import itertools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -25,7 +28,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from cad.evaluation.build import EVALUATOR_REGISTRY
-from cad.utils.io import atomic_write_json
+from cad.utils.io import atomic_write_json, atomic_write_npz
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +194,12 @@ class MotionEvaluator(DatasetEvaluator):
     """
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None, iou_thresh: float = 0.5,
-                 strict_iou: bool = True, min_objects: int = 2):
+                 strict_iou: bool = True, min_objects: int = 2, save_predictions: bool = False):
+        if save_predictions and not output_dir:
+            raise ValueError("saving the predictions needs an output folder")
         self.dataset_name = dataset_name
         self.output_dir = output_dir
+        self.save_predictions = save_predictions
         self.iou_thresh = iou_thresh
         self.strict_iou = strict_iou
         self.min_objects = min_objects
@@ -214,6 +220,15 @@ class MotionEvaluator(DatasetEvaluator):
             moving = inp.get("moving_ids", ())
             for t in range(masks.shape[0]):
                 self._frames.append(frame_predictions(masks[t], gt[t], masks.shape[1] - 1, moving))
+            if self.save_predictions:
+                self._save(inp, masks)
+
+    def _save(self, inp: Dict, masks: torch.Tensor) -> None:
+        """One `predictions/<video>/<frame name>.npz` per frame, 'data' = its masks float [K, h, w]
+        (xMOD eval/utils_eval.save_predictions)."""
+        for name, frame_masks in zip(inp["file_names"], masks):
+            path = Path(self.output_dir) / "predictions" / inp["video"] / f"{Path(name).stem}.npz"
+            atomic_write_npz(path, data=frame_masks.numpy())
 
     def evaluate(self) -> Dict:
         comm.synchronize()
@@ -244,7 +259,7 @@ class MotionEvaluator(DatasetEvaluator):
 def motion(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """The `motion` evaluator_type: `MotionEvaluator` with cfg.CAD.MOTION.EVAL_* settings."""
     m = cfg.CAD.MOTION
-    return MotionEvaluator(dataset_name, output_dir, m.EVAL_IOU, m.EVAL_STRICT_IOU, m.EVAL_MIN_OBJECTS)
+    return MotionEvaluator(dataset_name, output_dir, m.EVAL_IOU, m.EVAL_STRICT_IOU, m.EVAL_MIN_OBJECTS, m.SAVE_PREDICTIONS)
 
 
 def trivial_baseline_masks(motion_masks: torch.Tensor, num_slots: int, kind: str, stride: int = 4) -> torch.Tensor:

@@ -2,7 +2,7 @@
 import itertools
 import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -34,17 +34,29 @@ class PredictionWriter(DatasetEvaluator):
     def reset(self) -> None:
         self._results: List[Dict] = []
 
+    def category_id(self, contiguous: int) -> int:
+        """The `category_id` written for the model's class index `contiguous`."""
+        return self._reverse_ids.get(contiguous, contiguous)
+
     def process(self, inputs, outputs) -> None:
         for inp, out in zip(inputs, outputs):
             for r in instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"]):
-                r["category_id"] = self._reverse_ids.get(r["category_id"], r["category_id"])
+                r["category_id"] = self.category_id(r["category_id"])
                 self._results.append(r)
 
-    def evaluate(self) -> Dict:
+    def write_results(self) -> Optional[List[Dict]]:
+        """Gather every process's results; on the main process write the file and return them
+        (None on the others)."""
         gathered = comm.gather(self._results, dst=0)
-        if comm.is_main_process():
-            results = list(itertools.chain.from_iterable(gathered))
-            atomic_write_json(self.path, results)
+        if not comm.is_main_process():
+            return None
+        results = list(itertools.chain.from_iterable(gathered))
+        atomic_write_json(self.path, results)
+        return results
+
+    def evaluate(self) -> Dict:
+        results = self.write_results()
+        if results is not None:
             logger.info("Wrote %d predictions on %d images to %s (no ground truth: no metrics)",
                         len(results), len({r["image_id"] for r in results}), self.path)
         return {}

@@ -52,7 +52,7 @@ def _rle(segmentation, hw: Sequence[int]) -> Dict:
     return {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
-def _match_image_ids(gt: Mapping, pred_images: Sequence[Mapping]) -> Dict:
+def match_image_ids(gt: Mapping, pred_images: Sequence[Mapping]) -> Dict:
     """pred image id -> GT image id, by file name (exact, else a unique base name)."""
     exact = {im["file_name"]: im["id"] for im in gt["images"]}
     by_base: Dict[str, List] = {}
@@ -73,7 +73,7 @@ def _match_image_ids(gt: Mapping, pred_images: Sequence[Mapping]) -> Dict:
 def _predictions(gt: Mapping, pred: Union[Mapping, Sequence[Mapping]], iou_type: str) -> List[Dict]:
     if isinstance(pred, Mapping):
         anns = pred.get("annotations", [])
-        ids = _match_image_ids(gt, pred["images"]) if "images" in pred else None
+        ids = match_image_ids(gt, pred["images"]) if "images" in pred else None
     else:
         anns, ids = pred, None
     gt_ids = {im["id"] for im in gt["images"]}

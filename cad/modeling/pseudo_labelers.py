@@ -16,8 +16,8 @@ resized back to (height, width) first, with a warning.
 These models have no trainable parameters (`trainable = False`): `tools/train_net.py` refuses to
 train them and evaluates them with `--eval-only`.
 
-Weights: the ViT files are `CAD.DISCOVERY.WEIGHTS` (one per `CAD.DISCOVERY.ARCHS` entry, "" = the
-torch.hub cache). The single-ViT methods (LOST, MaskCut) also take the official DINO file as
+Weights: the ViT files are `CAD.DISCOVERY.WEIGHTS` (one per `CAD.DISCOVERY.ARCHS` entry: a path, a
+URL, or "" = the official file, downloaded once into the torch.hub cache). The single-ViT methods (LOST, MaskCut) also take the official DINO file as
 `MODEL.WEIGHTS`, as any Detectron2 model does; VoteCut (several ViTs) refuses it. cad's
 checkpointer calls `load_own_weights`, which loads the ViTs (strictly, `build_vit`) right away.
 """
@@ -32,7 +32,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 from torch import nn
 
-from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, resolve_weights
+from cad.backbones.cnn import resolve_backbone_weights
 from cad.config import ConfigError
 from cad.discovery.export import normalize_annotation
 from cad.discovery.method import DiscoveryImage, MethodOptions, method_class
@@ -122,10 +122,11 @@ class PseudoLabeler(nn.Module):
         self.options = options
         self.method = method_class(self.method_name)(options, **(method_kwargs or {}))
         self._warned_resize = False
-        # Fail at build time, with one line, on an unknown architecture or a missing checkpoint.
+        # Fail at build time, with one line, on an unknown architecture or a missing checkpoint
+        # (a URL or an absent official file is downloaded now).
         for arch, weights in getattr(self.method, "models", None) or [(self.method.arch, self.method.weights)]:
             if weights != "random":
-                resolve_weights(arch, weights)
+                resolve_backbone_weights(arch, weights)
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -148,10 +149,7 @@ class PseudoLabeler(nn.Module):
         configured = {w for _, w in self.options.models}
         if path and path not in configured:
             raise ConfigError(f"{type(self).__name__} reads its ViT weights from its config, not from '{path}'")
-        try:
-            getattr(self.method, "vits", None) or self.method.model
-        except (CheckpointLayoutError, WeightsNotFoundError) as e:
-            raise ConfigError(str(e)) from e
+        getattr(self.method, "vits", None) or self.method.model
 
     def _image(self, index: int, inputs: Dict) -> DiscoveryImage:
         """The original-size RGB image of one batched input."""
@@ -204,7 +202,10 @@ class LOST(PseudoLabeler):
     @classmethod
     def method_kwargs_from_cfg(cls, cfg) -> Dict:
         c = cfg.CAD.LOST
-        return {"k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE}
+        return {
+            "k_patches": c.K_PATCHES, "max_objects": c.MAX_OBJECTS, "min_score": c.MIN_SCORE, "features": c.FEATURES,
+            "dinoseg": c.DINOSEG, "dinoseg_head": c.DINOSEG_HEAD, "resnet_dilate": c.RESNET_DILATE,
+        }
 
 
 def _ncut_kwargs(cfg) -> Dict:
@@ -235,5 +236,5 @@ class VoteCut(PseudoLabeler):
         v = cfg.CAD.VOTECUT
         return dict(
             _ncut_kwargs(cfg), ks=tuple(v.KS), iou_threshold=v.IOU_THRESHOLD,
-            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS,
+            vote_threshold=v.VOTE_THRESHOLD, max_masks=v.MAX_MASKS, num_eig_vecs=v.NUM_EIG_VECS,
         )

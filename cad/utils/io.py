@@ -1,4 +1,5 @@
 """Atomic file writes: a killed job never leaves a half-written output."""
+import io
 import json
 import os
 import tempfile
@@ -6,7 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import cv2
+import numpy as np
 from iopath.common.file_io import file_lock
+
+from cad.errors import UserError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -27,6 +31,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Serialise `obj` as JSON to `path` atomically."""
     atomic_write_bytes(path, json.dumps(obj).encode("utf-8"))
+
+
+def atomic_write_npz(path: Path, **arrays) -> None:
+    """Write numpy arrays to a compressed `.npz` at `path` atomically (`np.savez_compressed`)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_png(path: Path, rgb) -> None:
@@ -53,7 +64,7 @@ def write_once(path: Path, write: Callable[[], None]) -> Path:
     return path
 
 
-class InputFileError(ValueError):
+class InputFileError(UserError, ValueError):
     """An input file that is missing, unreadable or not what it should be (one line for the user)."""
 
 

@@ -190,15 +190,19 @@ class Mask2Former(nn.Module):
         results = []
         for mask_cls, mask_pred, inp, size in zip(outputs["pred_logits"], mask_preds, batched_inputs, images.image_sizes):
             height, width = inp.get("height", size[0]), inp.get("width", size[1])
-            mask_pred = sem_seg_postprocess(mask_pred, size, height, width)
-            scores, classes, masks = instance_inference(mask_cls, mask_pred, self.num_classes, self.test_topk_per_image)
-            inst = Instances((height, width))
-            inst.pred_masks = masks
-            inst.pred_boxes = BitMasks(masks).get_bounding_boxes()
-            inst.scores = scores
-            inst.pred_classes = classes
-            results.append({"instances": inst})
+            results.append({"instances": self.instances(mask_cls, sem_seg_postprocess(mask_pred, size, height, width))})
         return results
+
+    def instances(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> Instances:
+        """Instances of one image from class logits (Q, K+1) and mask logits (Q, H, W) at the
+        output size (H, W): `instance_inference`, boxes = the masks' bounding boxes."""
+        scores, classes, masks = instance_inference(mask_cls, mask_pred, self.num_classes, self.test_topk_per_image)
+        inst = Instances(tuple(mask_pred.shape[-2:]))
+        inst.pred_masks = masks
+        inst.pred_boxes = BitMasks(masks).get_bounding_boxes()
+        inst.scores = scores
+        inst.pred_classes = classes
+        return inst
 
 
 def _slice_outputs(outputs: Dict, sl: slice) -> Dict:

@@ -14,7 +14,9 @@ _NORM_TYPES = (
 def mask2former_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
     """One group per parameter: LR × SOLVER.BACKBONE_MULTIPLIER inside `backbone`; weight
     decay SOLVER.WEIGHT_DECAY_NORM for norm layers (incl. Detectron2's FrozenBN/NaiveSyncBN),
-    SOLVER.WEIGHT_DECAY_EMBED for nn.Embedding and position embeddings."""
+    SOLVER.WEIGHT_DECAY_EMBED for nn.Embedding, none for Swin's relative position bias tables and
+    absolute position embedding (official Mask2Former/Guided Distillation `build_optimizer`; a ViT's
+    `pos_embed` and `cls_token` are decayed there, so they are here)."""
     from detectron2.layers import FrozenBatchNorm2d
 
     groups, seen = [], set()  # type: List[Dict[str, Any]], Set[int]
@@ -26,7 +28,7 @@ def mask2former_param_groups(cfg, model: nn.Module) -> List[Dict[str, Any]]:
             lr, wd = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
             if "backbone" in module_name:
                 lr = lr * cfg.SOLVER.BACKBONE_MULTIPLIER
-            if "relative_position_bias_table" in name or "absolute_pos_embed" in name or "pos_embed" in name:
+            if "relative_position_bias_table" in name or "absolute_pos_embed" in name:
                 wd = 0.0
             if isinstance(module, _NORM_TYPES + (FrozenBatchNorm2d,)):
                 wd = cfg.SOLVER.WEIGHT_DECAY_NORM

@@ -1,4 +1,4 @@
-"""Registered meta-architectures `DIOD` and `XMOD` (META_ARCH_REGISTRY), Detectron2 `@configurable`.
+"""Registered meta-architectures `DIOD`, `DIOD3D` and `XMOD` (META_ARCH_REGISTRY), Detectron2 `@configurable`.
 
 Each holds its student network(s) and an EMA teacher per modality, so one checkpoint restores
 both. Until `start_distillation()` (called by cad.distillation.motion's trainer at
@@ -7,13 +7,13 @@ before `--start_teacher`); afterwards the teachers filter the motion masks (mean
 weight 1 + conf: trainPD_ts.computeWBCE_TS) and their pseudo-labels add the static objects.
 
 Inputs: list of dicts from `cad.data.motion.MotionClipMapper` (image uint8 [T, 3, H, W] RGB,
-motion_masks int [T, H, W] for training, range float [T, 4, H, W] for XMOD). The networks see the
+motion_masks int [T, H, W] for training, range float [T, 4, H, W] for DIOD3D / XMOD). The networks see the
 frames in `input_format` channel order: DIOD and xMOD read frames with cv2 and never convert them
 (datasetPD.py, datasetPDEval.py, xMOD dataloaders), so the official networks take BGR.
 Inference output per clip: {"masks": float [T, K, H/4, W/4], "fg": float [T, H/4, W/4]}.
 """
 import copy
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -22,19 +22,25 @@ from torch import nn
 
 from cad.modeling.motion.augment import color_augment, point_augment
 from cad.modeling.motion.losses import fg_losses, mask_loss, masked_mse, resize_ids
-from cad.modeling.motion.networks import SlotVideoNet, bn_batch_statistics
+from cad.backbones.d2_backbone import vit_from_cfg
+from cad.modeling.motion.networks import SlotVideoNet, ViTEncoder, bn_batch_statistics
 from cad.modeling.motion.pseudo_labels import late_fusion, teacher_pseudo_labels
 
 CHANNELS = {"2d": 3, "3d": 4}
 
 
 def build_slot_network(cfg, modality: str) -> SlotVideoNet:
-    """One modality's `SlotVideoNet` from CAD.MOTION (see cad.config for each key)."""
+    """One modality's `SlotVideoNet` from CAD.MOTION (see cad.config for each key). With
+    CAD.MOTION.ENCODER "vit" the RGB network encodes frames with the CAD.VIT ViT (DIOD_DINOv2)."""
     m = cfg.CAD.MOTION
+    encoder = None
+    if m.ENCODER == "vit" and modality == "2d":
+        encoder = ViTEncoder(vit_from_cfg(cfg, cfg.CAD.VIT.ARCH), m.VIT_LAYERS, cfg.CAD.VIT.FREEZE)
     return SlotVideoNet(
         CHANNELS[modality], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
         decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM, input_size=tuple(m.INPUT_SIZE),
         token_norm=m.TOKEN_NORM, qkv_bias=m.QKV_BIAS, final_kernel=m.DECODER_FINAL_KERNEL, official_init=m.INIT == "official",
+        encoder=encoder,
     )
 
 
@@ -51,8 +57,9 @@ class _TeacherStudent(nn.Module):
     modalities: Tuple[str, ...] = ("2d",)
 
     @configurable
-    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR", pixel_mean: float = 0.5,
-                 pixel_std: float = 0.5, augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
+    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR",
+                 pixel_mean: Sequence[float] = (0.5, 0.5, 0.5), pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+                 augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
                  min_pseudo_area: int = 10, eval_net: str = "student", eval_bn_batch_stats: bool = True,
                  teacher_bn_batch_stats: bool = True, device: str = "cpu"):
         super().__init__()
@@ -63,7 +70,7 @@ class _TeacherStudent(nn.Module):
         for p in self.teachers.parameters():
             p.requires_grad_(False)
         self.register_buffer("distilling", torch.zeros((), dtype=torch.bool))
-        self.input_format, self.pixel_mean, self.pixel_std = input_format, pixel_mean, pixel_std
+        self.input_format, self.pixel_mean, self.pixel_std = input_format, tuple(pixel_mean), tuple(pixel_std)
         self.augment, self.loss_weights = dict(augment), dict(loss_weights)
         self.conf_thresh, self.min_pseudo_area, self.eval_net_name = conf_thresh, min_pseudo_area, eval_net
         self.eval_bn_batch_stats, self.teacher_bn_batch_stats = eval_bn_batch_stats, teacher_bn_batch_stats
@@ -116,7 +123,9 @@ class _TeacherStudent(nn.Module):
         return images.flip(2) if self.input_format == "BGR" else images
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.pixel_mean) / self.pixel_std
+        """[B, T, 3, H, W] in [0, 1] -> (x - mean) / std per channel (torchaug VideoNormalize)."""
+        mean, std = (x.new_tensor(v).view(-1, 1, 1) for v in (self.pixel_mean, self.pixel_std))
+        return (x - mean) / std
 
     def _losses(self, modality: str, pred: Dict, target: torch.Tensor, motion: torch.Tensor,
                 motion_conf: Optional[torch.Tensor], teacher: Optional[Dict], recon) -> Dict[str, torch.Tensor]:
@@ -160,8 +169,59 @@ class DIOD(_TeacherStudent):
         return self._losses("2d", pred, x, motion, teacher["fg"] if teacher else None, teacher, recon)
 
 
+class _WithRange(_TeacherStudent):
+    """Models with the 3D network: the range image input and its student augmentation (xMOD
+    transforms_3d: point drop, x/y/z jitter) and the masked 3D reconstruction loss."""
+
+    @configurable
+    def __init__(self, *, point_drop_prob: float = 0.4, point_jitter_prob: float = 0.4, recon_3d_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.point_drop_prob, self.point_jitter_prob, self.recon_3d_weight = point_drop_prob, point_jitter_prob, recon_3d_weight
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, Any]:
+        m = cfg.CAD.MOTION
+        return {**super().from_config(cfg), "point_drop_prob": m.POINT_DROP_PROB, "point_jitter_prob": m.POINT_JITTER_PROB,
+                "recon_3d_weight": m.RECON_3D_WEIGHT}
+
+    def _ranges(self, batched_inputs: List[Dict]) -> torch.Tensor:
+        """float [B, T, 4, H, W] (0 = no point)."""
+        return torch.stack([d["range"] for d in batched_inputs]).to(self.device).float()
+
+    def _student_range(self, ranges: torch.Tensor) -> torch.Tensor:
+        return point_augment(ranges, self.point_drop_prob, self.point_jitter_prob)
+
+    def _recon_3d(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """xMOD train/losses.py: weight_recon * MSE over the points of the student's own input."""
+        return self.loss_weights["recon"] * self.recon_3d_weight * masked_mse(recon, target)
+
+
 @META_ARCH_REGISTRY.register()
-class XMOD(_TeacherStudent):
+class DIOD3D(_WithRange):
+    """xMOD's DIOD-3D: DIOD's slot network on the 4-channel range image alone (xMOD train/train.py
+    modes 3d_burn_in and 3d_ts; steps 1 and 2 of xMOD, whose result initialises the 3D network of
+    `XMOD` through CAD.MOTION.WEIGHTS_3D). Burn-in on the 2D motion masks; with its EMA teacher, the
+    teacher's pseudo-labels (filtered by the teacher's fg) are added while the motion-mask loss keeps
+    the burn-in weighting, unfiltered: xMOD's compute_loss filters a modality's motion masks with the
+    *other* modality's teacher, and 3d_ts has none. Evaluation needs no RGB network (xMOD
+    eval/main_evaluation.py --evaluation_mode 3d)."""
+
+    modalities = ("3d",)
+
+    def forward(self, batched_inputs: List[Dict]):
+        ranges = self._ranges(batched_inputs)
+        if not self.training:
+            pred = self._eval_forward("3d", ranges)
+            return [{"masks": pred["masks"][i], "fg": pred["fg"][i]} for i in range(len(ranges))]
+        motion = torch.stack([d["motion_masks"] for d in batched_inputs]).to(self.device)
+        x = self._student_range(ranges)
+        pred = self.students["3d"](x)
+        teacher = self._teacher_forward("3d", ranges) if bool(self.distilling) else None
+        return self._losses("3d", pred, x, motion, None, teacher, self._recon_3d)
+
+
+@META_ARCH_REGISTRY.register()
+class XMOD(_WithRange):
     """xMOD (CVPR'25): DIOD on RGB plus a second network on the 4-channel range image; with
     teachers, each modality's motion masks are filtered by the *other* modality's teacher fg and
     its pseudo-labels come from its own teacher (xMOD train/losses.compute_loss, as released);
@@ -170,20 +230,14 @@ class XMOD(_TeacherStudent):
     modalities = ("2d", "3d")
 
     @configurable
-    def __init__(self, *, point_drop_prob: float = 0.4, point_jitter_prob: float = 0.4, recon_3d_weight: float = 1.0,
-                 fusion_iou: float = 0.1, eval_output: str = "fused", **kwargs):
+    def __init__(self, *, fusion_iou: float = 0.1, eval_output: str = "fused", **kwargs):
         super().__init__(**kwargs)
-        self.point_drop_prob, self.point_jitter_prob = point_drop_prob, point_jitter_prob
-        self.recon_3d_weight, self.fusion_iou, self.eval_output = recon_3d_weight, fusion_iou, eval_output
+        self.fusion_iou, self.eval_output = fusion_iou, eval_output
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, Any]:
         m = cfg.CAD.MOTION
-        return {**super().from_config(cfg), "point_drop_prob": m.POINT_DROP_PROB, "point_jitter_prob": m.POINT_JITTER_PROB,
-                "recon_3d_weight": m.RECON_3D_WEIGHT, "fusion_iou": m.FUSION_IOU, "eval_output": m.XMOD_EVAL_OUTPUT}
-
-    def _ranges(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        return torch.stack([d["range"] for d in batched_inputs]).to(self.device).float()
+        return {**super().from_config(cfg), "fusion_iou": m.FUSION_IOU, "eval_output": m.XMOD_EVAL_OUTPUT}
 
     def forward(self, batched_inputs: List[Dict]):
         images, ranges = self._images(batched_inputs), self._ranges(batched_inputs)
@@ -192,16 +246,15 @@ class XMOD(_TeacherStudent):
             p3 = self._eval_forward("3d", ranges)
             return [self._fused(p2, p3, i) for i in range(len(images))]
         motion = torch.stack([d["motion_masks"] for d in batched_inputs]).to(self.device)
-        x2, x3 = self._student_image(images), point_augment(ranges, self.point_drop_prob, self.point_jitter_prob)
+        x2, x3 = self._student_image(images), self._student_range(ranges)
         p2, p3 = self.students["2d"](x2), self.students["3d"](x3)
         t2 = t3 = None
         if bool(self.distilling):
             t2, t3 = self._teacher_forward("2d", self._normalise(images)), self._teacher_forward("3d", ranges)
         w = self.loss_weights["recon"]
         mse = lambda r, t: w * nn.functional.mse_loss(r, t)  # noqa: E731
-        rec3 = lambda r, t: w * self.recon_3d_weight * masked_mse(r, t)  # noqa: E731
         losses = self._losses("2d", p2, x2, motion, t3["fg"] if t3 else None, t2, mse)
-        losses.update(self._losses("3d", p3, x3, motion, t2["fg"] if t2 else None, t3, rec3))
+        losses.update(self._losses("3d", p3, x3, motion, t2["fg"] if t2 else None, t3, self._recon_3d))
         return losses
 
     def _fused(self, p2: Dict, p3: Dict, i: int) -> Dict[str, torch.Tensor]:
@@ -211,3 +264,7 @@ class XMOD(_TeacherStudent):
             return {"masks": p3["masks"][i], "fg": p3["fg"][i]}
         masks = torch.stack([late_fusion(a, b, self.fusion_iou) for a, b in zip(p2["masks"][i], p3["masks"][i])])
         return {"masks": masks, "fg": 1 - masks[:, -1]}
+
+
+# Meta-architectures whose inputs include the range image (the data mapper's `with_range`).
+RANGE_ARCHS = ("XMOD", "DIOD3D")

@@ -1,5 +1,7 @@
 """DIOD's slot-attention video network, one per modality (DIOD models/model_bg.py
-`SlotAttentionAutoEncoder`; xMOD models/model_bg.py is the same with C input/output channels).
+`SlotAttentionAutoEncoder`; xMOD models/model_bg.py is the same with C input/output channels;
+DIOD_DINOv2 models/model_bg_dinov2.py, copied as xMOD dino_v2/, replaces the ResNet by a frozen
+DINOv2 ViT: `ViTEncoder`).
 
 Frames -> ResNet-18 encoder (DIOD models/resnet.py: stride 4, no max-pool, stride-1 layer3/layer4)
 -> 2-layer ConvGRU over time (models/ConvGRU.py) -> ReLU -> + soft position embedding
@@ -10,7 +12,7 @@ attention-weighted slot map.
 
 With `token_norm="joint"`, `qkv_bias=True`, `final_kernel=0` and BatchNorm this computes what the
 official network computes, and an official state dict loads one to one after the key renaming of
-`cad.modeling.motion.checkpoint_layouts`. The alternatives (per-token LayerNorm, bias-free
+`cad.checkpoint.layouts.motion`. The alternatives (per-token LayerNorm, bias-free
 projections, GroupNorm, a fixed 3x3 last decoder kernel, cad's earlier initialisation) are the
 options of earlier cad versions, kept for the synthetic configs.
 """
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
+from cad.backbones.vit import HUB_INTERPOLATE_OFFSET
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -92,6 +96,40 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
+
+
+class ViTEncoder(nn.Module):
+    """DIOD_DINOv2's frame encoder (models/model_bg_dinov2.py `Encoder.forward` up to the ConvGRU):
+    the patch tokens of the ViT's last `num_layers` blocks, each through the final norm (DINOv2
+    `get_intermediate_layers(x, 4)`), concatenated along channels into a map [N, num_layers*C,
+    H/p, W/p], resized with nearest (F.interpolate's default) to the stride-4 grid.
+
+    vit: cad's timm ViT (cad.backbones.vit), whose position embedding follows the DINOv2 torch.hub
+    rule (interpolate_offset 0.1) as the official `torch.hub.load('facebookresearch/dinov2',
+    'dinov2_vits14')`. `freeze`: no gradients to the ViT (the official scripts set requires_grad
+    False on `dinov2_backbone`).
+
+    [N, 3, H, W] (H, W multiples of the patch size) -> [N, num_layers*C, ceil(H/4), ceil(W/4)].
+    """
+
+    def __init__(self, vit: nn.Module, num_layers: int = 4, freeze: bool = True):
+        super().__init__()
+        if not 1 <= num_layers <= len(vit.blocks):
+            raise ValueError(f"the ViT has {len(vit.blocks)} blocks; cannot concatenate its last {num_layers}")
+        self.vit, self.num_layers = vit, num_layers
+        self.vit.interpolate_offset = HUB_INTERPOLATE_OFFSET
+        self.patch = int(vit.patch_embed.patch_size[0])
+        self.out_channels = num_layers * int(vit.embed_dim)
+        for p in self.vit.parameters():
+            p.requires_grad_(not freeze)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, H, W = x.shape
+        if H % self.patch or W % self.patch:
+            raise ValueError(f"input {H}x{W} is not a multiple of the ViT patch size {self.patch}")
+        tokens = self.vit.get_intermediate_layers(x, self.num_layers, norm=True)  # num_layers x [N, h*w, C]
+        feats = torch.cat(tokens, -1).transpose(1, 2).reshape(n, self.out_channels, H // self.patch, W // self.patch)
+        return F.interpolate(feats, size=feature_size((H, W)))
 
 
 class ConvGRU(nn.Module):
@@ -210,15 +248,17 @@ class SlotVideoNet(nn.Module):
 
     token_norm: "joint" = DIOD's LayerNorm over [h*w, D] jointly (its parameters are [h*w, D], tied
     to `input_size`), "token" = LayerNorm over D per token (any input size). `official_init`: DIOD's
-    ResNet initialisation and slot draw (see `Encoder`, `SlotAttention`).
+    ResNet initialisation and slot draw (see `Encoder`, `SlotAttention`). `encoder`: a frame encoder
+    with `out_channels` giving stride-4 maps (`ViTEncoder`); None = the ResNet `Encoder`.
     """
 
     def __init__(self, in_channels: int = 3, width: int = 64, num_slots: int = 45, dim: int = 64, mlp_hidden: int = 128,
                  decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN", *, input_size: Optional[Tuple[int, int]] = None,
-                 token_norm: str = "token", qkv_bias: bool = False, final_kernel: int = 3, official_init: bool = False):
+                 token_norm: str = "token", qkv_bias: bool = False, final_kernel: int = 3, official_init: bool = False,
+                 encoder: Optional[nn.Module] = None):
         super().__init__()
         self.slot_iters = slot_iters
-        self.encoder = Encoder(in_channels, width, norm, official_init)
+        self.encoder = encoder if encoder is not None else Encoder(in_channels, width, norm, official_init)
         self.gru = ConvGRU(self.encoder.out_channels, dim, 2)
         self.pos = nn.Linear(4, dim)
         if token_norm == "joint":

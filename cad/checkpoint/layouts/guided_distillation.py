@@ -1,4 +1,4 @@
-"""Guided Distillation checkpoint layouts (registered in `cad.checkpoint.layouts`).
+"""Guided Distillation's checkpoint files.
 
 The official trainer (GuidedDistillation `modules/defaults.py`, `modules/train_loop.py`) saves,
 with Detectron2's checkpointer, its `EnsembleTSModel` (`modules/ensemble.py`):
@@ -12,22 +12,18 @@ official MaskFormer has a second `SetCriterion` for the unlabeled loss. cad's `M
 one criterion for both losses; the buffer is the same constant (ones, `NO_OBJECT_WEIGHT` for the
 no-object class), so it is checked against `criterion.empty_weight` and dropped.
 
-`to_cad(obj, cfg)` returns a plain `Mask2Former` state dict: the member the official
-`train_net.py --eval-only` evaluates (`SSL.EVAL_WHO`, default "STUDENT") for a stage-2 file,
-the teacher (its only member) for a stage-1 file. cad's own stage-2 checkpoints hold the same
-`modelTeacher.*`/`modelStudent.*` keys (its teacher-student module uses the official member
-names), so they go through the same layout. Plain Mask2Former files (`{"model": {...}}` with the
-official names, e.g. cad's stage-1 checkpoints) need no conversion.
+Both layouts keep the member prefixes (`members`): the loader keeps one member, the one the
+official `train_net.py --eval-only` evaluates (`SSL.EVAL_WHO`, default "student") unless the caller
+asks for one (`SSL.TEACHER_CKPT` loads the teacher); a stage-1 file has the teacher only. cad's own
+stage-2 checkpoints hold the same `modelTeacher.*`/`modelStudent.*` keys (its teacher-student
+module uses the official member names), so they go through the same layout. Plain Mask2Former
+files (`{"model": {...}}` with the official names, e.g. cad's stage-1 checkpoints) need no layout.
 """
-import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from cad.backbones.vit import CheckpointLayoutError
 from cad.checkpoint.layouts import Layout, StateDict, register_layout
-
-logger = logging.getLogger(__name__)
 
 TEACHER, STUDENT = "modelTeacher.", "modelStudent."
 SSL_CRITERION = "ssl_criterion."
@@ -52,49 +48,35 @@ def _members(obj: Any) -> Optional[set]:
     return found
 
 
-def member_state(model: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    """The `prefix` member of an ensemble state dict as a plain Mask2Former state dict
-    (prefix stripped, `ssl_criterion.*` checked against `criterion.*` and dropped)."""
-    state = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
-    for key in [k for k in state if k.startswith(SSL_CRITERION)]:
-        twin = "criterion." + key[len(SSL_CRITERION):]
+def ensemble_to_cad(obj: Any) -> StateDict:
+    """The ensemble's state dict, members kept, each member's `ssl_criterion.*` checked against its
+    `criterion.*` and dropped (ValueError when they differ: not a Guided Distillation file)."""
+    state = dict(obj["model"])
+    for key in [k for k in state if k.split(".", 1)[1].startswith(SSL_CRITERION)]:
+        prefix, name = key.split(".", 1)
+        twin = f"{prefix}.criterion.{name[len(SSL_CRITERION):]}"
         value = state.pop(key)
         if twin in state and not torch.equal(torch.as_tensor(state[twin]), torch.as_tensor(value)):
-            raise CheckpointLayoutError(f"'{prefix}{key}' differs from '{prefix}{twin}': not a Guided Distillation checkpoint")
+            raise ValueError(f"'{key}' differs from '{twin}': not a Guided Distillation checkpoint")
     return state
-
-
-def eval_member(cfg) -> str:
-    """The member `--eval-only` evaluates: SSL.EVAL_WHO "student" (official default) or "teacher"."""
-    who = str(cfg.SSL.EVAL_WHO if cfg is not None else "student").lower()
-    if who not in ("student", "teacher"):
-        raise CheckpointLayoutError(f"SSL.EVAL_WHO must be 'student' or 'teacher', got {who!r}")
-    return STUDENT if who == "student" else TEACHER
-
-
-def stage1_to_cad(obj: Any, cfg) -> StateDict:
-    return member_state(obj["model"], TEACHER)
-
-
-def stage2_to_cad(obj: Any, cfg) -> StateDict:
-    prefix = eval_member(cfg)
-    logger.info("Guided Distillation stage-2 checkpoint: loading its %s (SSL.EVAL_WHO)", prefix.rstrip("."))
-    return member_state(obj["model"], prefix)
 
 
 GD_STAGE1 = register_layout(
     Layout(
         name="guided_distillation_stage1",
         matches=lambda obj: _members(obj) == {TEACHER},
-        to_cad=stage1_to_cad,
+        to_cad=ensemble_to_cad,
         description="Guided Distillation stage-1 checkpoint: {'model': {'modelTeacher.*'}} (the teacher)",
+        members=(("teacher", TEACHER),),
     )
 )
 GD_STAGE2 = register_layout(
     Layout(
         name="guided_distillation_stage2",
         matches=lambda obj: _members(obj) == {TEACHER, STUDENT},
-        to_cad=stage2_to_cad,
+        to_cad=ensemble_to_cad,
         description="Guided Distillation stage-2 checkpoint: 'modelTeacher.*' + 'modelStudent.*' (SSL.EVAL_WHO picks one)",
+        members=(("student", STUDENT), ("teacher", TEACHER)),
+        member_key="SSL.EVAL_WHO",
     )
 )
