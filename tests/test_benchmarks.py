@@ -62,7 +62,6 @@ def test_missing_config_is_one_line(tmp_path, capsys, monkeypatch, script, argv)
     assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml" in err
 
 
-
 def test_lost_od_benchmark_functions():
     spec = importlib.util.spec_from_file_location("bench_lost_od", REPO / "tools" / "benchmarks" / "lost_od.py")
     bench = importlib.util.module_from_spec(spec)

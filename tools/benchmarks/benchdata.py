@@ -3,10 +3,10 @@
 - `write_instance_coco`: JPEG photos-like images (textured background and objects) with K instance
   masks each (compressed RLE, a soft `score` per mask, as VoteCut/MaskCut pseudo-labels), registered
   as a class-agnostic COCO split.
-- `write_tri_pd`: videos in the TRI-PD layout that `tri_pd_train` reads (`rgb`, `est_masks`,
-  `depth` per camera, `calibration.json`), rendered by cad's synthetic-motion generator.
+- `write_tri_pd`: videos in the official TRI-PD layout that `tri_pd_train` reads (`rgb`,
+  `est_masks`, `depth` per camera, the DGP calibration file), rendered by cad's synthetic-motion
+  generator.
 """
-import json
 from pathlib import Path
 
 import cv2
@@ -14,9 +14,10 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 
 from cad.data.coco import register_class_agnostic_coco
+from cad.data.motion import XMOD_PD_CALIBRATION
 from cad.data.synthetic import _shape_mask, _texture
-from cad.data.synthetic_motion import CAMERA, MotionSplit, _intrinsics, _npz_bytes, _png_bytes, render_video
-from cad.utils.io import atomic_write_bytes, atomic_write_json
+from cad.data.synthetic_motion import CAMERA, MotionSplit, render_video
+from cad.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_npz, atomic_write_png
 from cad.utils.masks import encode_mask
 
 
@@ -62,19 +63,30 @@ def register_instance_coco(folder: Path, name: str) -> str:
     return name
 
 
+def _write_ids(path: Path, ids: np.ndarray) -> None:
+    """An id mask (H, W) as a single-channel PNG, atomically."""
+    ok, png = cv2.imencode(".png", ids.astype(np.uint8))
+    assert ok, "PNG encoding failed"
+    atomic_write_bytes(path, png.tobytes())
+
+
 def write_tri_pd(root: Path, num_videos: int, num_frames: int, height: int, width: int, seed: int = 0) -> Path:
-    """Videos of `num_frames` frames of `height` x `width` in the TRI-PD training layout under
-    `root/tri_pd/train` (the `tri_pd_train` split reads them when $DETECTRON2_DATASETS is `root`)."""
+    """`num_videos` training videos of `num_frames` frames of `height` x `width` in TRI-PD's official
+    layout under `root/tri_pd/train` (`tri_pd_train` reads them when $DETECTRON2_DATASETS is `root`):
+    an empty `scene_000000` (DIOD/xMOD train from the second scene), then per scene `rgb`,
+    `est_masks` and `depth` of `camera_01` and the DGP calibration file."""
     split = MotionSplit("benchmark", num_videos=num_videos, num_frames=num_frames, seed=seed, height=height, width=width)
     base = Path(root) / "tri_pd" / "train"
+    (base / "scene_000000").mkdir(parents=True, exist_ok=True)
+    f = float(width)  # the synthetic-motion generator's camera: focal = width, centred
+    calibration = {"names": [CAMERA], "intrinsics": [{"fx": f, "fy": f, "cx": width / 2, "cy": height / 2}]}
     for v in range(num_videos):
-        scene = base / f"scene_{v:06d}"
+        scene = base / f"scene_{v + 1:06d}"
         frames, ids, depths, moving = render_video(split, v)
         for t, (img, idm, dep) in enumerate(zip(frames, ids, depths)):
             stem = f"{t:06d}"
-            atomic_write_bytes(scene / "rgb" / CAMERA / f"{stem}.png", _png_bytes(img[:, :, ::-1]))
-            motion = np.where(np.isin(idm, moving), idm, 0).astype(np.uint8)
-            atomic_write_bytes(scene / "est_masks" / CAMERA / f"{stem}.png", _png_bytes(motion))
-            atomic_write_bytes(scene / "depth" / CAMERA / f"{stem}.npz", _npz_bytes(dep))
-        (scene / "calibration.json").write_text(json.dumps({CAMERA: {"K": _intrinsics(split)}}))
+            atomic_write_png(scene / "rgb" / CAMERA / f"{stem}.png", img)
+            _write_ids(scene / "est_masks" / CAMERA / f"{stem}.png", np.where(np.isin(idm, moving), idm, 0))
+            atomic_write_npz(scene / "depth" / CAMERA / f"{stem}.npz", data=dep)
+        atomic_write_json(scene / "calibration" / f"{XMOD_PD_CALIBRATION}", calibration)
     return base

@@ -6,8 +6,8 @@ Training families (paper configs and per-GPU batches, generated data at the pape
 benchdata.py, random initialisation so that the machine needs no download; AMP where the config
 enables it): cascade (CuVLER Cascade Mask R-CNN R50-FPN, copy-paste, 800x1067 images with 10
 pseudo-masks), lost_cad (Faster R-CNN R50-C4), gd_stage1 / gd_stage2 (Guided Distillation
-Mask2Former R50, LSJ 1024; stage 2 with a random stage-1 teacher), diod / xmod (TRI-PD clips,
-480x968). Each runs SOLVER.MAX_ITER = --steps iterations through its trainer as tools/train_net.py
+Mask2Former R50, LSJ 1024; stage 2 with a random stage-1 teacher), diod, diod_dinov2 (frozen
+DINOv2 ViT-S/14 encoder), diod3d (xMOD's 3D network alone) and xmod on TRI-PD clips (480x968). Each runs SOLVER.MAX_ITER = --steps iterations through its trainer as tools/train_net.py
 does (hooks included; with --num-gpus N, N processes on NCCL) and reports
 - s/iter (median of the iterations after --warmup), images/s (the batch over all processes / s/iter;
   frames of the clips for diod/xmod), peak CUDA memory of rank 0;
@@ -69,10 +69,10 @@ _TINY_FPN = ("MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64", 
              "MODEL.ROI_MASK_HEAD.NUM_CONV", "1")
 _TINY_GD = ("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "SOLVER.IMS_PER_BATCH", "2", "SSL.IMS_PER_BATCH_UNLABELED", "2",
             "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "INPUT.IMAGE_SIZE", "64")
-_TINY_MOTION = ("DATASETS.TRAIN", "('synthetic_motion_tiny_val',)", "SOLVER.IMS_PER_BATCH", "2",
+_MOTION = ("CAD.MOTION.EPOCHS", "0", "CAD.MOTION.TEACHER_START_ITER", "1")  # SOLVER.MAX_ITER steps, distillation from it 1
+_TINY_MOTION = (*_MOTION, "DATASETS.TRAIN", "('synthetic_motion_tiny_val',)", "SOLVER.IMS_PER_BATCH", "2",
                 "CAD.MOTION.INPUT_SIZE", "(32,64)", "CAD.MOTION.ENCODER_WIDTH", "4", "CAD.MOTION.SLOT_DIM", "8",
-                "CAD.MOTION.MLP_HIDDEN", "8", "CAD.MOTION.DECODER_DIM", "4", "CAD.MOTION.NUM_SLOTS", "4",
-                "CAD.MOTION.TEACHER_START_ITER", "1")
+                "CAD.MOTION.MLP_HIDDEN", "8", "CAD.MOTION.DECODER_DIM", "4", "CAD.MOTION.NUM_SLOTS", "4")
 _GD_FULL = ("DATASETS.TRAIN", "('bench_coco',)", "SOLVER.IMS_PER_BATCH", "2")
 TRAINING = {
     "cascade": TrainingJob(
@@ -95,9 +95,15 @@ TRAINING = {
          "SSL.IMS_PER_BATCH_UNLABELED", "2", "SSL.BURNIN_ITER", "1"),
         "configs/GuidedDistillation/mask2former_tiny_synthetic_student.yaml", (*_TINY_GD, "SSL.BURNIN_ITER", "1"),
         "mask2former"),
-    "diod": TrainingJob("configs/DIOD/diod_tri_pd_burn_in.yaml", ("CAD.MOTION.TEACHER_START_ITER", "1"),
-                        "configs/DIOD/diod_synthetic.yaml", _TINY_MOTION, "motion"),
-    "xmod": TrainingJob("configs/xMOD/xmod_tri_pd.yaml", ("CAD.MOTION.WEIGHTS_3D", ""),
+    "diod": TrainingJob("configs/DIOD/diod_tri_pd_burn_in.yaml", _MOTION, "configs/DIOD/diod_synthetic.yaml", _TINY_MOTION, "motion"),
+    "diod_dinov2": TrainingJob(
+        "configs/DIOD/diod_dinov2_tri_pd_burn_in.yaml", (*_MOTION, "CAD.VIT.WEIGHTS", "random"),
+        "configs/DIOD/diod_dinov2_tri_pd_burn_in.yaml",
+        (*_TINY_MOTION, "CAD.MOTION.INPUT_SIZE", "(56,112)", "CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "2",
+         "CAD.VIT.EMBED_DIM", "48", "CAD.VIT.NUM_HEADS", "2", "CAD.MOTION.VIT_LAYERS", "2"), "motion"),
+    "diod3d": TrainingJob("configs/xMOD/xmod_tri_pd_3d_burn_in.yaml", (*_MOTION, "DATASETS.TRAIN", "('tri_pd_train',)"),
+                          "configs/xMOD/xmod_synthetic_3d.yaml", _TINY_MOTION, "motion"),
+    "xmod": TrainingJob("configs/xMOD/xmod_tri_pd.yaml", (*_MOTION, "CAD.MOTION.WEIGHTS_3D", ""),
                         "configs/xMOD/xmod_synthetic.yaml", _TINY_MOTION, "motion"),
 }
 # Every run: random init, no evaluation or extra checkpoints, Detectron2's writers on every iteration.
@@ -194,7 +200,8 @@ def train_process(args: argparse.Namespace, result: str, data_root: str) -> None
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     if comm.is_main_process():
-        batch = cfg.SOLVER.IMS_PER_BATCH + (cfg.SSL.IMS_PER_BATCH_UNLABELED if cfg.SSL.TRAIN_SSL else 0)
+        stage2 = cfg.CAD.TRAINER == "GuidedDistillationTrainer" and cfg.SSL.TRAIN_SSL
+        batch = cfg.SOLVER.IMS_PER_BATCH + (cfg.SSL.IMS_PER_BATCH_UNLABELED if stage2 else 0)
         frames = cfg.CAD.MOTION.CLIP_LENGTH if cfg.CAD.TRAINER == "MotionTrainer" else 1
         Path(result).write_text(json.dumps({
             "time": step_times.times, "data_time": {int(it): v for v, it in trainer.storage.history("data_time").values()},
