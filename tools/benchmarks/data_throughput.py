@@ -71,7 +71,7 @@ FAMILIES = {
                        "INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MAX_SIZE_TRAIN", "1333"), (2,), 0.317,
                       ("INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128"), copy_paste=True),
     "gd": Family("configs/GuidedDistillation/coco/r50_student_1pct.yaml",
-                 ("DATASETS.TRAIN", "('bench_coco',)", "SSL.DATASETS_UNLABELED", "('bench_coco',)",
+                 ("DATASETS.TRAIN", "('bench_coco',)", "SSL.PERCENTAGE", "100", "SSL.DATASETS_UNLABELED", "('bench_coco',)",
                   "SSL.UNLABELED_INCLUDES_LABELED", "False", "SOLVER.IMS_PER_BATCH", "2",
                   "SSL.IMS_PER_BATCH_UNLABELED", "2"), (2, 2), 1.4, ("INPUT.IMAGE_SIZE", "64")),
     "diod": Family("configs/DIOD/diod_tri_pd_burn_in.yaml", ("SOLVER.IMS_PER_BATCH", "8"), (40,), 3.46,

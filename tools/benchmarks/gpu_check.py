@@ -73,7 +73,7 @@ _MOTION = ("CAD.MOTION.EPOCHS", "0", "CAD.MOTION.TEACHER_START_ITER", "1")  # SO
 _TINY_MOTION = (*_MOTION, "DATASETS.TRAIN", "('synthetic_motion_tiny_val',)", "SOLVER.IMS_PER_BATCH", "2",
                 "CAD.MOTION.INPUT_SIZE", "(32,64)", "CAD.MOTION.ENCODER_WIDTH", "4", "CAD.MOTION.SLOT_DIM", "8",
                 "CAD.MOTION.MLP_HIDDEN", "8", "CAD.MOTION.DECODER_DIM", "4", "CAD.MOTION.NUM_SLOTS", "4")
-_GD_FULL = ("DATASETS.TRAIN", "('bench_coco',)", "SOLVER.IMS_PER_BATCH", "2")
+_GD_FULL = ("DATASETS.TRAIN", "('bench_coco',)", "SSL.PERCENTAGE", "100", "SOLVER.IMS_PER_BATCH", "2")  # the whole split labeled
 TRAINING = {
     "cascade": TrainingJob(
         "configs/CuVLER/cascade_mask_rcnn_R_50_FPN_votecut_cad.yaml",
