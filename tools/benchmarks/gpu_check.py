@@ -133,15 +133,24 @@ def _register(root: Path) -> None:
             register_instance_coco(root / name, name)
 
 
-def train_args(name: str, device: str, steps: int, tiny: bool, out: Path, teacher: Optional[Path] = None) -> argparse.Namespace:
+def train_args(name: str, device: str, steps: int, tiny: bool, out: Path, teacher: Optional[Path] = None,
+               num_gpus: int = 1) -> argparse.Namespace:
+    """tools/train_net.py's arguments for family `name`; with `num_gpus` processes, each gets the
+    one-process batch (the batch sizes are multiplied by `num_gpus`)."""
     from cad.engine.cli import train_argument_parser
+    from cad.engine.setup import build_cfg
 
     job = TRAINING[name]
     opts = [*COMMON, *(job.tiny_opts + TINY_COMMON if tiny else job.opts), "SOLVER.MAX_ITER", str(steps),
             "MODEL.DEVICE", device, "OUTPUT_DIR", str(out)]
     if teacher is not None:
         opts += ["SSL.TEACHER_CKPT", str(teacher)]
-    return train_argument_parser().parse_args(["--config-file", str(REPO / (job.tiny_config if tiny else job.config)), *opts])
+    args = train_argument_parser().parse_args(["--config-file", str(REPO / (job.tiny_config if tiny else job.config)), *opts])
+    if num_gpus > 1:
+        one = build_cfg(args)
+        args.opts += ["SOLVER.IMS_PER_BATCH", str(one.SOLVER.IMS_PER_BATCH * num_gpus),
+                      "SSL.IMS_PER_BATCH_UNLABELED", str(one.SSL.IMS_PER_BATCH_UNLABELED * num_gpus)]
+    return args
 
 
 def write_teacher(args: argparse.Namespace, path: Path) -> Path:
@@ -180,7 +189,6 @@ def train_process(args: argparse.Namespace, result: str, data_root: str) -> None
     """One process of a training run (`cad.engine.launch.launch` target): train, then rank 0 writes
     its timings to `result` (JSON)."""
     from detectron2.utils import comm
-
     from detectron2.utils.env import seed_all_rng
 
     from cad.engine.setup import build_cfg
@@ -341,7 +349,7 @@ def check_training(name: str, device: str, steps: int, warmup: int, tiny: bool, 
     teacher = None
     if name == "gd_stage2":
         teacher = write_teacher(train_args(name, device, steps, tiny, out), out / "teacher.pth")
-    args = train_args(name, device, steps, tiny, out, teacher)
+    args = train_args(name, device, steps, tiny, out, teacher, num_gpus)
     launch(train_process, num_gpus, args=(args, str(out / "result.json"), str(datasets_root())))
     r = json.loads((out / "result.json").read_text())
     diff, ok, what = training_agreement(name, args, out / "model_final.pth", device)
