@@ -62,7 +62,6 @@ def test_missing_config_is_one_line(tmp_path, capsys, monkeypatch, script, argv)
     assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml" in err
 
 
-
 def test_lost_od_benchmark_functions():
     spec = importlib.util.spec_from_file_location("bench_lost_od", REPO / "tools" / "benchmarks" / "lost_od.py")
     bench = importlib.util.module_from_spec(spec)
@@ -71,3 +70,16 @@ def test_lost_od_benchmark_functions():
     assert r["objects_per_s"] > 0 and r["kmeans_s"] > 0 and r["kmeans_objects"] == 60
     h = bench.benchmark_hungarian(images=20, classes=3, clusters=4, dets_per_image=5)
     assert h["detections"] == 100 and h["hungarian_s"] > 0 and 0 <= h["AP50"] <= 100
+
+
+def test_data_throughput_benchmark_script():
+    proc = run_tool("benchmarks/data_throughput.py", "--tiny", "--families", "cascade", "diod", "--steps", "2", "--warmup", "1",
+                    "--step-time", "0.05", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cascade, diod = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(s["workers"], s["copy_paste"]) for s in cascade["steps"]] == [(0, True), (2, True), (0, False), (2, False)]
+    assert [s["workers"] for s in diod["steps"]] == [0, 2]
+    for row in (cascade, diod):
+        assert row["worker_img_s"][0] > 0 and row["workers_per_gpu"] >= 1 and row["step_time_s"] == 0.05
+        assert all(s["wait_ms_median"] > 0 and s["cpu_ms_mean"] >= 0 for s in row["steps"])
+    assert diod["images_per_step"] == [40]  # 8 clips x 5 frames

@@ -1,9 +1,9 @@
 """Copy-paste on mapped batches: masks, boxes, scores and pixels stay consistent."""
 import numpy as np
 import torch
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 
-from cad.data.copy_paste import CopyPasteLoader, CopyPasteParams, copy_paste_batch, paste_objects
+from cad.data.copy_paste import CopyPaste, CopyPasteParams, copy_paste_batch, mask_boxes, paste_objects
 
 torch.set_num_threads(1)
 
@@ -86,11 +86,23 @@ def test_batch_copy_paste_keeps_masks_boxes_scores_consistent():
     assert all(a is b for a, b in zip(copy_paste_batch(batch, np.random.default_rng(0), rate=0.0), batch))
 
 
-def test_loader_wraps_every_batch():
+def test_transform_pastes_every_batch_with_its_rng():
     inst = _instances([_box(20, 20, 2, 12, 2, 12)], [1.0])
     batch = [{"image": torch.zeros(3, 20, 20, dtype=torch.uint8), "instances": inst},
              {"image": torch.full((3, 20, 20), 9, dtype=torch.uint8), "instances": _instances([], [])}]
-    loader = CopyPasteLoader([batch, batch], rate=1.0, min_ratio=0.5, max_ratio=0.5, random_num=False, seed=0)
-    batches = list(loader)
-    assert len(batches) == 2
-    assert all(len(b[1]["instances"]) == 1 and (b[1]["image"] == 0).any() for b in batches)
+    transform = CopyPaste(rate=1.0, min_ratio=0.5, max_ratio=0.5, random_num=False)
+    out = transform(batch, np.random.default_rng(0))
+    assert len(out[1]["instances"]) == 1 and (out[1]["image"] == 0).sum() == 3 * 25  # a 5x5 object, half size
+    again = transform(batch, np.random.default_rng(0))
+    assert torch.equal(again[1]["image"], out[1]["image"])
+
+
+def test_mask_boxes_are_detectron2s():
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((6, 17, 23)) > 0.97)
+    masks[2] = False  # empty: zero box
+    masks[3] = False
+    masks[3, 16, 22] = True  # bottom-right pixel
+    assert torch.equal(mask_boxes(masks), BitMasks(masks).get_bounding_boxes().tensor)
+    assert mask_boxes(masks)[3].tolist() == [22.0, 16.0, 23.0, 17.0]
+    assert mask_boxes(masks[:0]).shape == (0, 4)

@@ -1,4 +1,5 @@
-"""The training loaders cad builds (GD labeled + unlabeled, DIOD/xMOD clips) shard each epoch:
+"""The training loaders cad builds (GD labeled + unlabeled, DIOD/xMOD clips, the cascade's
+worker-batched copy-paste loader) shard each epoch:
 with W processes, every image/clip is drawn exactly once across ranks. Ranks are simulated in
 this process (Detectron2's comm patched), the mappers replaced by the identity so only the
 sampling is exercised; the real 2-process runs in test_distributed_equivalence.py check the same
@@ -10,12 +11,14 @@ from detectron2.utils import comm
 
 import cad.distillation.guided as guided
 import cad.distillation.motion as motion
+import cad.engine.copy_paste_trainer as copy_paste_trainer
 from cad.engine.cli import train_argument_parser
 from cad.engine.setup import build_cfg
 from conftest import REPO
 
 GD = REPO / "configs/GuidedDistillation/mask2former_tiny_synthetic_student.yaml"
 DIOD = REPO / "configs/DIOD/diod_synthetic.yaml"
+CASCADE = REPO / "configs/CuVLER/cascade_mask_rcnn_R_18_FPN_synthetic.yaml"
 
 
 def _cfg(config, *opts):
@@ -42,6 +45,9 @@ LOADERS = {
     "motion_clips": (motion.MotionTrainer.build_train_loader,
                      (DIOD, "DATASETS.TRAIN", "('synthetic_motion_tiny_train', 'synthetic_motion_tiny_val')",
                       "SOLVER.IMS_PER_BATCH", "6"), _labeled),
+    "cascade_copy_paste": (copy_paste_trainer.CopyPasteTrainer.build_step_loader,
+                           (CASCADE, "DATASETS.TRAIN", "('synthetic_shapes_tiny_train_pseudo',)", "SOLVER.IMS_PER_BATCH", "6"),
+                           _labeled),
 }
 
 
@@ -52,10 +58,11 @@ def _ids(d):
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("name", list(LOADERS))
 def test_every_item_once_per_epoch_across_ranks(monkeypatch, name, world):
-    for target in (guided, motion):
-        for mapper in ("Mask2FormerInstanceMapper", "WeakStrongMapper", "MotionClipMapper"):
+    for target in (guided, motion, copy_paste_trainer):
+        for mapper in ("Mask2FormerInstanceMapper", "WeakStrongMapper", "MotionClipMapper", "CadDatasetMapper"):
             if hasattr(target, mapper):
                 monkeypatch.setattr(target, mapper, _identity)
+    monkeypatch.setattr(copy_paste_trainer.CopyPaste, "from_config", classmethod(lambda cls, cfg: None))  # no paste on raw dicts
     monkeypatch.setattr(comm, "get_world_size", lambda: world)
     monkeypatch.setattr(d2_build, "get_world_size", lambda: world)
     monkeypatch.setattr(comm, "shared_random_seed", lambda: 1234)  # what all ranks agree on

@@ -1,4 +1,8 @@
-"""Copy-paste augmentation on a mapped batch (CutLER/CuVLER `copy_and_paste`, trainer-side).
+"""Copy-paste augmentation on a mapped batch (CutLER/CuVLER `copy_and_paste`).
+
+The reference runs it in the training step on each GPU's mapped batch; cad runs the same function
+on the same batch in a DataLoader worker (`CopyPaste` as the batch transform of
+`cad.data.worker_batches`, which explains why the batches and pairs are the same).
 
 Image i of a per-process batch of B receives objects cut from image B-1-i (the batch in reverse
 order, taken before any pasting). The source image and its chosen masks are resized to r times
@@ -13,11 +17,11 @@ are thresholded at 0.5 (not any non-zero value), a random number of objects is u
 recomputed from masks (the reference swaps x/y offsets when the target has no objects).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 from torch.nn import functional as F
 
 # An existing object is "occluded" when a pasted mask covers at least this fraction of it.
@@ -39,6 +43,21 @@ def _bitmask_tensor(instances: Instances) -> torch.Tensor:
     return instances.gt_masks.tensor
 
 
+def _count(masks: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) bool -> (n,) float32 pixel counts (NumPy's count is ~30x torch's on bool here)."""
+    return torch.from_numpy(np.count_nonzero(masks.numpy(), axis=(1, 2)).astype(np.float32))
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) bool -> (n, 4) float32 tight XYXY boxes, zeros for an empty mask: the values of
+    Detectron2's `BitMasks.get_bounding_boxes`, vectorised."""
+    m = masks.numpy()
+    cols, rows = m.any(axis=1), m.any(axis=2)  # (n, W), (n, H)
+    boxes = np.stack([cols.argmax(1), rows.argmax(1),
+                      m.shape[2] - cols[:, ::-1].argmax(1), m.shape[1] - rows[:, ::-1].argmax(1)], axis=1)
+    return torch.from_numpy(np.where(cols.any(1, keepdims=True), boxes, 0).astype(np.float32))
+
+
 def paste_objects(
     target_image: torch.Tensor,
     target: Instances,
@@ -50,7 +69,7 @@ def paste_objects(
     """Paste objects `params.chosen` of `source` onto `target`.
 
     Args:
-        target_image, source_image: (C, H, W) and (C, Hs, Ws) images (any dtype).
+        target_image, source_image: (C, H, W) and (C, Hs, Ws) CPU images (any dtype).
         target, source: their `Instances` with `gt_masks` (BitMasks) and any other per-object
             fields (boxes are recomputed from masks).
         params: indices into `source`, pasted size (h, w) <= (H, W), offset (y, x).
@@ -62,36 +81,42 @@ def paste_objects(
     _, height, width = target_image.shape
     h, w = params.size
     y, x = params.offset
+    window = (slice(None), slice(y, y + h), slice(x, x + w))  # every pasted pixel lies in it: work there only
     src_masks = _bitmask_tensor(source)[params.chosen].float()
-    resized_masks = F.interpolate(src_masks[None], size=(h, w), mode="bilinear", align_corners=False)[0] >= 0.5
-    pasted = torch.zeros((len(params.chosen), height, width), dtype=torch.bool, device=target_image.device)
-    pasted[:, y : y + h, x : x + w] = resized_masks
+    pasted = F.interpolate(src_masks[None], size=(h, w), mode="bilinear", align_corners=False)[0] >= 0.5  # (k, h, w)
     tgt_masks = _bitmask_tensor(target) if len(target) else pasted.new_zeros((0, height, width))
-    covered = pasted.flatten(1).float() @ tgt_masks.flatten(1).float().T  # (k, n) intersections
-    occludes = (covered >= occlusion_thresh * tgt_masks.flatten(1).sum(1).clamp(min=1)).any(dim=1)
-    keep = pasted.flatten(1).any(dim=1) & ~occludes
+    tgt_window = tgt_masks[window]
+    covered = pasted.flatten(1).float() @ tgt_window.flatten(1).float().T  # (k, n) intersections
+    area = _count(tgt_masks)
+    occludes = (covered >= occlusion_thresh * area.clamp(min=1)).any(dim=1)
+    keep = torch.from_numpy(pasted.numpy().any(axis=(1, 2))) & ~occludes
     if not keep.any():
         return target_image, target
     pasted = pasted[keep]
-    alpha = pasted.any(dim=0)
+    alpha = torch.from_numpy(pasted.numpy().any(axis=0))  # (h, w)
 
     resized_image = F.interpolate(source_image[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-    canvas = target_image.clone()
     if not target_image.dtype.is_floating_point:
         resized_image = resized_image.round().clamp(0, 255)
-    canvas[:, y : y + h, x : x + w] = resized_image.to(target_image.dtype)
-    image = torch.where(alpha[None], canvas, target_image)
+    image = target_image.clone()
+    image[window] = torch.where(alpha[None], resized_image.to(target_image.dtype), target_image[window])
 
-    remaining = tgt_masks & ~alpha
-    alive = remaining.flatten(1).any(dim=1)
+    alive = area > _count(tgt_window & alpha)
     survivors = target[alive] if len(target) else target
-    if len(target):
-        survivors.gt_masks = BitMasks(remaining[alive])
-    kept_sources = params.chosen[keep.nonzero()[:, 0].to(params.chosen.device)]
+    boxes = []
+    if len(survivors):
+        remaining = tgt_masks[alive]
+        remaining[window] &= ~alpha
+        survivors.gt_masks = BitMasks(remaining)
+        boxes.append(mask_boxes(remaining))
+    kept_sources = params.chosen[keep.nonzero()[:, 0]]
     added = Instances((height, width), **{k: v[kept_sources] for k, v in source.get_fields().items()})
-    added.gt_masks = BitMasks(pasted)
+    full = pasted.new_zeros((len(pasted), height, width))
+    full[window] = pasted
+    added.gt_masks = BitMasks(full)
+    boxes.append(mask_boxes(pasted) + torch.tensor([x, y, x, y], dtype=torch.float32))
     merged = Instances.cat([survivors, added]) if len(survivors) else added
-    merged.gt_boxes = merged.gt_masks.get_bounding_boxes()
+    merged.gt_boxes = Boxes(torch.cat(boxes))
     return image, merged
 
 
@@ -135,19 +160,17 @@ def copy_paste_batch(
     return out
 
 
-class CopyPasteLoader:
-    """Wraps a training data loader: every batch it yields goes through `copy_paste_batch`.
+class CopyPaste:
+    """`copy_paste_batch` with fixed parameters, as a batch transform `(batch, rng) -> batch`
+    (picklable: it runs in the DataLoader workers, `cad.data.worker_batches`)."""
 
-    Detectron2's `SimpleTrainer.run_step` draws batches from it unchanged, so copy-paste runs in
-    the trainer process on each per-GPU batch, after the mapper, as in the reference.
-    """
-
-    def __init__(self, loader, rate: float, min_ratio: float, max_ratio: float, random_num: bool,
-                 seed: Optional[int] = None):
-        self.loader = loader
+    def __init__(self, rate: float, min_ratio: float, max_ratio: float, random_num: bool):
         self.kwargs = dict(rate=rate, min_ratio=min_ratio, max_ratio=max_ratio, random_num=random_num)
-        self.rng = np.random.default_rng(seed)
 
-    def __iter__(self):
-        for batch in self.loader:
-            yield copy_paste_batch(batch, self.rng, **self.kwargs)
+    @classmethod
+    def from_config(cls, cfg) -> "CopyPaste":
+        d = cfg.DATALOADER
+        return cls(d.COPY_PASTE_RATE, d.COPY_PASTE_MIN_RATIO, d.COPY_PASTE_MAX_RATIO, d.COPY_PASTE_RANDOM_NUM)
+
+    def __call__(self, batch: List[Dict], rng: np.random.Generator) -> List[Dict]:
+        return copy_paste_batch(batch, rng, **self.kwargs)

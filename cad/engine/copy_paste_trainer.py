@@ -1,8 +1,7 @@
 """`CopyPasteTrainer`: `CadTrainer` whose training batches go through copy-paste (CutLER/CuVLER)."""
-from detectron2.engine import SimpleTrainer
-from detectron2.utils import comm
-
-from cad.data.copy_paste import CopyPasteLoader
+from cad.data.copy_paste import CopyPaste
+from cad.data.mapper import CadDatasetMapper
+from cad.data.worker_batches import build_worker_batched_train_loader
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
 
 
@@ -10,16 +9,14 @@ from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
 class CopyPasteTrainer(CadTrainer):
     """Select with `CAD.TRAINER CopyPasteTrainer`; `DATALOADER.COPY_PASTE_*` set the augmentation.
 
-    The data loader is wrapped (`CopyPasteLoader`) so Detectron2's `SimpleTrainer`/`AMPTrainer`
-    `run_step` is unchanged and pastes happen on each process's mapped batch before the forward.
-    Draws are seeded by `SEED + rank` when `SEED >= 0`.
+    The training step's DataLoader workers form each process's per-GPU batch (Detectron2's
+    aspect-ratio grouping) and paste on it (`cad.data.worker_batches`), so Detectron2's
+    `SimpleTrainer`/`AMPTrainer` receive finished batches and the training process spends no time
+    on copy-paste. Draws derive from (`SEED`, rank, batch position). `build_train_loader` stays
+    unpasted: Detectron2's PreciseBN hook draws from it, as in the reference (whose paste runs in
+    the training step only).
     """
 
     @classmethod
-    def build_step_trainer(cls, cfg, model, data_loader, optimizer) -> SimpleTrainer:
-        d = cfg.DATALOADER
-        seed = cfg.SEED + comm.get_rank() if cfg.SEED >= 0 else None
-        loader = CopyPasteLoader(
-            data_loader, d.COPY_PASTE_RATE, d.COPY_PASTE_MIN_RATIO, d.COPY_PASTE_MAX_RATIO, d.COPY_PASTE_RANDOM_NUM, seed
-        )
-        return super().build_step_trainer(cfg, model, loader, optimizer)
+    def build_step_loader(cls, cfg):
+        return build_worker_batched_train_loader(cfg, CadDatasetMapper(cfg, is_train=True), CopyPaste.from_config(cfg))

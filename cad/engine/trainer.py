@@ -118,7 +118,7 @@ class CadTrainer(DefaultTrainer):
         model = cls.build_model(cfg)
         use_threaded_roi_align_backward(model)
         optimizer = cls.build_optimizer(cfg, model)
-        data_loader = cls.build_train_loader(cfg)
+        data_loader = cls.build_step_loader(cfg)
         return model, cls.build_step_trainer(cfg, build_ddp_model(model), data_loader, optimizer)
 
     @classmethod
@@ -158,6 +158,12 @@ class CadTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=CadDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_step_loader(cls, cfg):
+        """The loader the training step draws from; `build_train_loader` (also what Detectron2's
+        PreciseBN hook draws from) unless a trainer augments whole batches (CopyPasteTrainer)."""
+        return cls.build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

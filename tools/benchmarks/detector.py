@@ -4,14 +4,16 @@
 Runs `stock`, `cad_heads` (soft targets + DropLoss) and `cad` (the same + copy-paste) in turn,
 each in a fresh process (peak memory per run), on the same weights, batch and seeds; prints the
 median s/iter and peak RSS of each, and the overhead of cad's operations over a stock step:
-the extra time of the differing ROI-head parts (cad_heads - stock) plus copy-paste itself (the
-batch fetch of `cad`). `cad` also trains on the pasted objects, which adds mask-head work.
+the extra time of the differing ROI-head parts (cad_heads - stock) plus what copy-paste costs the
+training step (the batch fetch of `cad`: nothing, since the loader workers paste,
+`cad.data.worker_batches`; their cost is measured by data_throughput.py). `cad` trains on its
+trainer's pasted batch, whose extra objects add mask-head work.
 
-Both variants run the same weights on the same mapped batch with the same sampling seeds, through
-the trainers' own step objects (`SimpleTrainer.run_step`), so the difference is the cost of the
-soft-target/DropLoss losses, the extra matching fields and copy-paste. On a busy CPU the whole
-step is noisy, so the parts that differ are also timed on their own: the batch fetch
-(`data_time`, which is copy-paste for `cad`) and the ROI-head parts (`_instrument`).
+All variants run the same weights and sampling seeds through the trainers' own step objects
+(`SimpleTrainer.run_step`) on one mapped batch (`stock` and `cad_heads` the unpasted one), so the
+difference is the cost of the soft-target/DropLoss losses, the extra matching fields and the
+pasted objects. On a busy CPU the whole step is noisy, so the parts that differ are also timed on
+their own: the batch fetch (`data_time`) and the ROI-head parts (`_instrument`).
 
 example:
   tools/benchmarks/detector.py --threads 1 --iters 10 --rounds 3
@@ -78,7 +80,7 @@ def benchmark_step(cfg: CfgNode, variant: str, iters: int = 10, warmup: int = 2)
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
+    from cad.engine.trainer import TRAINER_REGISTRY
 
     vcfg = variant_cfg(cfg, variant)
     torch.manual_seed(0)
@@ -87,7 +89,7 @@ def benchmark_step(cfg: CfgNode, variant: str, iters: int = 10, warmup: int = 2)
     model.load_state_dict(reference)  # same weights in both variants (same parameter names)
     del reference
     torch.manual_seed(0)
-    batch = next(iter(CadTrainer.build_train_loader(vcfg)))
+    batch = next(iter(TRAINER_REGISTRY.get(vcfg.CAD.TRAINER).build_step_loader(vcfg)))
     optimizer = build_optimizer(vcfg, model)
     step = TRAINER_REGISTRY.get(vcfg.CAD.TRAINER).build_step_trainer(vcfg, model, itertools.repeat(batch), optimizer)
     timer = PhaseTimer()
@@ -100,7 +102,7 @@ def benchmark_step(cfg: CfgNode, variant: str, iters: int = 10, warmup: int = 2)
             torch.manual_seed(i)  # same ROI sampling in both variants
             timer("step", step.run_step)
             if i >= warmup:
-                data += storage.history("data_time").latest()  # batch fetch: copy-paste for `cad`
+                data += storage.history("data_time").latest()  # batch fetch
             storage.iter += 1
     heads = timer.total["heads"]
     return {
