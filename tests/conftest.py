@@ -45,11 +45,12 @@ TINY_OPTS = [
 ]
 
 
-def run_tool(script: str, *args: str, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `tools/<script>` as its own process (text output): forked from this one, which has the
     heavy imports done (`tool_runner`), or a new interpreter when `env` changes the environment
-    (read when cad is imported, e.g. DETECTRON2_DATASETS) or forking is not safe."""
-    if env is None and fork_safe():
+    (read when cad is imported, e.g. DETECTRON2_DATASETS), when the tool sets such a variable itself
+    before it imports cad (`fresh`), or when forking is not safe."""
+    if env is None and not fresh and fork_safe():
         return run_forked(REPO / "tools" / script, args, REPO, timeout)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(

@@ -74,7 +74,7 @@ def test_lost_od_benchmark_functions():
 
 def test_data_throughput_benchmark_script():
     proc = run_tool("benchmarks/data_throughput.py", "--tiny", "--families", "cascade", "diod", "--steps", "2", "--warmup", "1",
-                    "--step-time", "0.05", "--json")
+                    "--step-time", "0.05", "--json", fresh=True)  # it sets DETECTRON2_DATASETS before importing cad
     assert proc.returncode == 0, proc.stderr[-2000:]
     cascade, diod = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(s["workers"], s["copy_paste"]) for s in cascade["steps"]] == [(0, True), (2, True), (0, False), (2, False)]
