@@ -48,7 +48,8 @@ the sampler's seeds (random when SEED < 0), the per-GPU batch and the number of 
 resumed loader forms and drops that many batches from the rank's index stream (no image is read)
 and continues at the next position, so it yields exactly the batches the uninterrupted loader
 would. With another number of processes or per-GPU batch, it continues the (global, unsharded)
-stream after the images the run took, and `load_state_dict` says that this is not exact.
+stream after as many images as the run took (with aspect-ratio grouping the old buckets held a few
+more back), and `load_state_dict` says that this is not exact.
 """
 import itertools
 import logging

@@ -34,8 +34,9 @@ every rank's generator states gathered to rank 0 at each checkpoint, and would s
 another worker count.
 
 What is not exact, said in one log line when resuming (`load_data_state`): another number of
-processes or per-GPU batch (the loaders then continue the sampler's stream after the images taken,
-so no image of the pass is seen twice, in batches of the new layout), a loader that is not a
+processes or per-GPU batch (the loaders then continue the sampler's global stream after as many
+images as the run trained on, in batches of the new layout; with aspect-ratio grouping, the few
+images the old layout's buckets held back at that point may be seen twice or skipped), a loader that is not a
 `BatchLoader` (a custom trainer's), a checkpoint without the data state (written by an older cad).
 Beyond the data: another CAD.NUM_THREADS changes the order of float sums (the threaded RoIAlign
 backward, `cad.modeling.roi_align`), and on CUDA nondeterministic kernels (atomics) differ run to
