@@ -86,26 +86,22 @@ TRAINERS = {
 }
 
 
-class Sigkill(HookBase):
-    """SIGKILL this process at the end of iteration `iteration` (after every other hook)."""
+class Signal(HookBase):
+    """Send this process `signum` during iteration `iteration` (`during`) or at its end, after every
+    other hook."""
 
-    def __init__(self, iteration: int):
-        self.iteration = iteration
+    def __init__(self, signum: int, iteration: int, during: bool = False):
+        self.signum, self.iteration, self.during = signum, iteration, during
 
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-class Usr2(HookBase):
-    """Send this process SIGUSR2 (SLURM's preemption/timeout signal) during iteration `iteration`."""
-
-    def __init__(self, iteration: int):
-        self.iteration = iteration
+    def _send(self, during: bool):
+        if self.trainer.iter == self.iteration and during == self.during:
+            os.kill(os.getpid(), self.signum)
 
     def before_step(self):
-        if self.trainer.iter == self.iteration:
-            os.kill(os.getpid(), signal.SIGUSR2)
+        self._send(True)
+
+    def after_step(self):
+        self._send(False)
 
 
 def with_hook(hook: HookBase, usr2_handler=None):
@@ -132,11 +128,10 @@ def _register_multiclass(name: str, count: int) -> str:
     return name
 
 
-def train(name, out, *args, opts=(), prepare=None, expect=0):
-    """`tools/train_net.py` for trainer `name` (forked); its log.txt and its standard error (where cad's
-    warnings go)."""
-    config, base, *_ = TRAINERS[name]
-    proc = run_tool("train_net.py", "--config-file", str(config), *args, *base, *opts, "OUTPUT_DIR", str(out), prepare=prepare)
+def train(options, out, *args, prepare=None, expect=0):
+    """`tools/train_net.py --config-file CONFIG ARGS OPTIONS` (`options`: config and overrides) in
+    `out`, forked; its log.txt and its standard error (where cad's warnings go)."""
+    proc = run_tool("train_net.py", *args, "--config-file", *map(str, options), "OUTPUT_DIR", str(out), prepare=prepare)
     assert proc.returncode == expect, proc.stderr[-3000:]
     return (Path(out) / "log.txt").read_text() + proc.stderr
 
@@ -164,90 +159,97 @@ def resume_from(checkpoint: Path, out: Path, edit=None) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """name -> output folder of the trainer's uninterrupted run (run on first use)."""
-    root = tmp_path_factory.mktemp("uninterrupted")
+def options(tmp_path_factory):
+    """name -> [config, overrides...] of the trainer's runs (stage 2's teacher made on first use)."""
     _register_multiclass("resume_shapes_mc1", 1)
     _register_multiclass("resume_shapes_mc4", 4)
+    teacher = tmp_path_factory.mktemp("gd_teacher") / "teacher.pth"
+
+    def get(name):
+        config, opts, *_ = TRAINERS[name]
+        if name == "gd_stage2":
+            if not teacher.exists():
+                save_random_model(TRAINERS["gd_stage1"][:2], teacher)
+            opts = opts + ["SSL.TEACHER_CKPT", str(teacher)]
+        return [config, *opts]
+
+    return get
+
+
+def save_random_model(options, path: Path) -> None:
+    """The randomly initialised model of `options` ([config, overrides...]) saved as `path`."""
+    from cad.engine.setup import build_cfg
+    from cad.engine.trainer import TRAINER_REGISTRY
+
+    torch.manual_seed(0)
+    cfg = build_cfg(train_argument_parser().parse_args(["--config-file", *map(str, options)]))
+    DetectionCheckpointer(TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg), save_dir=str(path.parent)).save(path.stem)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, options):
+    """name -> output folder of the trainer's uninterrupted run (run on first use)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
     runs = {}
 
     def get(name):
         if name not in runs:
-            train(name, root / name)
+            train(options(name), root / name)
             runs[name] = root / name
         return runs[name]
 
     return get
 
 
-@pytest.fixture(scope="module")
-def gd_teacher(tmp_path_factory):
-    """SSL.TEACHER_CKPT: a randomly initialised stage-1 model."""
-    from cad.engine.setup import build_cfg
-    from cad.engine.trainer import TRAINER_REGISTRY
-
-    root = tmp_path_factory.mktemp("gd_teacher")
-    config, opts, *_ = TRAINERS["gd_stage1"]
-    torch.manual_seed(0)
-    cfg = build_cfg(train_argument_parser().parse_args(["--config-file", str(config), *opts]))
-    DetectionCheckpointer(TRAINER_REGISTRY.get(cfg.CAD.TRAINER).build_model(cfg), save_dir=str(root)).save("teacher")
-    TRAINERS["gd_stage2"] = (*TRAINERS["gd_stage2"][:1], GD_SSL + ["SSL.TEACHER_CKPT", str(root / "teacher.pth")],
-                             *TRAINERS["gd_stage2"][2:])
-    return root / "teacher.pth"
-
-
 @pytest.mark.parametrize("name", ["rcnn", "copy_paste", pytest.param("gd_stage1", marks=pytest.mark.slow), "gd_stage2",
                                   pytest.param("diod", marks=pytest.mark.slow), "xmod"])
-def test_killed_then_resumed_ends_with_the_uninterrupted_weights(request, uninterrupted, tmp_path, name):
+def test_killed_then_resumed_ends_with_the_uninterrupted_weights(options, uninterrupted, tmp_path, name):
     """(gd_stage1 is gd_stage2's labelled half, diod is xmod without point augmentations: @slow.)"""
-    if name == "gd_stage2":
-        request.getfixturevalue("gd_teacher")
     _, _, killed_opts, resumed_opts = TRAINERS[name]
     out = tmp_path / "killed"
-    train(name, out, opts=killed_opts, prepare=with_hook(Sigkill(KILL_AT)), expect=-signal.SIGKILL)
+    train(options(name) + killed_opts, out, prepare=with_hook(Signal(signal.SIGKILL, KILL_AT)), expect=-signal.SIGKILL)
     assert (out / "last_checkpoint").read_text() == f"model_{RESUMED_FROM:07d}.pth"
-    log = train(name, out, "--resume", opts=resumed_opts)
+    log = train(options(name) + resumed_opts, out, "--resume")
     assert f"Starting training from iteration {RESUMED_FROM + 1}" in log
     assert "--resume is not exact" not in log
     assert not differing(final_model(uninterrupted(name)), final_model(out))
 
 
-def test_slurm_preemption_checkpoint_resumes_exactly(uninterrupted, tmp_path):
+def test_slurm_preemption_checkpoint_resumes_exactly(options, uninterrupted, tmp_path):
     """USR2 during iteration 2: PreemptionHook checkpoints at its end (model_0000002, not a periodic
     checkpoint) and hands over to submitit's handler, which requeues the job (here: the process
     dies); the requeued job (`--resume`) ends with the uninterrupted weights."""
     def requeue(signum, frame):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    train("rcnn", tmp_path, prepare=with_hook(Usr2(2), requeue), expect=-signal.SIGKILL)
+    train(options("rcnn"), tmp_path, prepare=with_hook(Signal(signal.SIGUSR2, 2, during=True), requeue), expect=-signal.SIGKILL)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
-    log = train("rcnn", tmp_path, "--resume")
+    log = train(options("rcnn"), tmp_path, "--resume")
     assert "Starting training from iteration 3" in log
     assert not differing(final_model(uninterrupted("rcnn")), final_model(tmp_path))
 
 
-def test_resume_without_the_data_position_differs_and_says_so(uninterrupted, tmp_path):
+def test_resume_without_the_data_position_differs_and_says_so(options, uninterrupted, tmp_path):
     """The comparison has teeth: the same checkpoint without its data state (loaders restarted at
     position 0, as cad's loaders did before) ends with other weights, and the log says why."""
     def drop_data(checkpoint):
         del checkpoint["trainer"]["data"]
 
     resume_from(uninterrupted("rcnn") / f"model_{RESUMED_FROM:07d}.pth", tmp_path, drop_data)
-    log = train("rcnn", tmp_path, "--resume")
+    log = train(options("rcnn"), tmp_path, "--resume")
     assert "the checkpoint holds no data position or seed" in log
     changed = differing(final_model(uninterrupted("rcnn")), final_model(tmp_path))
     assert len(changed) > 10, changed
 
 
-def test_two_processes_resume_exactly_and_another_process_count_is_said(uninterrupted, tmp_path):
+def test_two_processes_resume_exactly_and_another_process_count_is_said(options, uninterrupted, tmp_path):
     """2 gloo processes (1 image each): a run resumed from the uninterrupted 2-process run's checkpoint
     ends with its weights on both ranks; resuming the 1-process run's checkpoint in 2 processes logs
     one line saying what is not exact. (One launch for the three jobs; SIGKILL is the 1-process tests'.)"""
-    config, opts, *_ = TRAINERS["rcnn"]
     one_process = uninterrupted("rcnn") / f"model_{RESUMED_FROM:07d}.pth"
 
     def args(out, **extra):
-        a = train_argument_parser().parse_args(["--config-file", str(config), *opts, "OUTPUT_DIR", str(out)])
+        a = train_argument_parser().parse_args(["--config-file", *map(str, options("rcnn")), "OUTPUT_DIR", str(out)])
         a.__dict__.update(extra)
         return a
 
