@@ -169,7 +169,7 @@ def options(tmp_path_factory):
         config, opts, *_ = TRAINERS[name]
         if name == "gd_stage2":
             if not teacher.exists():
-                save_random_model(TRAINERS["gd_stage1"][:2], teacher)
+                save_random_model([TRAINERS["gd_stage1"][0], *TRAINERS["gd_stage1"][1]], teacher)
             opts = opts + ["SSL.TEACHER_CKPT", str(teacher)]
         return [config, *opts]
 
