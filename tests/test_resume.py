@@ -63,7 +63,8 @@ GD_SSL = GD + [
     "SSL.IMS_PER_BATCH_UNLABELED", "2", "SSL.BURNIN_ITER", "4", "SSL.EMA_DECAY", "0.5", "SSL.CLASS_THRESH", "0.0",
 ]
 # DIOD/xMOD: random clips of the tiny train videos, crops, flips, colour (and xMOD's point) augmentations;
-# the teachers start at iteration 4 (the killed run's last), then follow the students by EMA.
+# the teachers start at iteration 4 (the killed run's last), then follow the students by EMA; BatchNorm
+# encoder with Detectron2's PreciseBN every 2 iterations (its own loader, whose position is checkpointed).
 MOTION = RUN + [
     "DATASETS.TRAIN", "('synthetic_motion_tiny_train',)", "SOLVER.IMS_PER_BATCH", "2",
     "CAD.MOTION.TEACHER_START_ITER", "4", "CAD.MOTION.EMA_KEEP_RATE", "0.5", "CAD.MOTION.ENCODER_NORM", "BN",
@@ -71,6 +72,7 @@ MOTION = RUN + [
     "CAD.MOTION.MLP_HIDDEN", "8", "CAD.MOTION.DECODER_DIM", "4", "CAD.MOTION.NUM_SLOTS", "4",
     "CAD.MOTION.CROP_PROB", "0.5", "CAD.MOTION.FLIP_PROB", "0.5", "CAD.MOTION.COLOR_JITTER_PROB", "0.5",
     "CAD.MOTION.CONF_THRESH", "0.0", "CAD.MOTION.MIN_PSEUDO_AREA", "0", "CAD.NUM_THREADS", "1", "DATALOADER.NUM_WORKERS", "0",
+    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2", "TEST.EVAL_PERIOD", "2",
 ]
 XMOD = MOTION + ["CAD.MOTION.POINT_DROP_PROB", "0.5", "CAD.MOTION.POINT_JITTER_PROB", "0.5"]
 # name: (config, options, options of the killed run, options of the resumed run)
