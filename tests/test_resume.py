@@ -220,14 +220,16 @@ def test_killed_then_resumed_ends_with_the_uninterrupted_weights(options, uninte
 def test_slurm_preemption_checkpoint_resumes_exactly(options, uninterrupted, tmp_path):
     """USR2 during iteration 2: PreemptionHook checkpoints at its end (model_0000002, not a periodic
     checkpoint) and hands over to submitit's handler, which requeues the job (here: the process
-    dies); the requeued job (`--resume`) ends with the uninterrupted weights."""
+    dies); the requeued job (`--resume`) ends with the uninterrupted weights, even when given
+    another SEED (the checkpoint's is used, and the log says so)."""
     def requeue(signum, frame):
         os.kill(os.getpid(), signal.SIGKILL)
 
     train(options("rcnn"), tmp_path, prepare=with_hook(Signal(signal.SIGUSR2, 2, during=True), requeue), expect=-signal.SIGKILL)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
-    log = train(options("rcnn"), tmp_path, "--resume")
+    log = train(options("rcnn") + ["SEED", "1"], tmp_path, "--resume")
     assert "Starting training from iteration 3" in log
+    assert "SEED 1 is not used: the run goes on with its checkpoint's seed 0" in log
     assert not differing(final_model(uninterrupted("rcnn")), final_model(tmp_path))
 
 

@@ -130,7 +130,10 @@ class CadTrainer(DefaultTrainer):
     def load_state_dict(self, state_dict: Dict) -> None:
         super().load_state_dict(state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
-        self.seed = load_data_state(state_dict.get("data"), self.training_loaders(), self.seed)
+        seed = load_data_state(state_dict.get("data"), self.training_loaders(), self.seed)
+        if 0 <= self.cfg.SEED != seed:
+            logger.warning("--resume: SEED %d is not used: the run goes on with its checkpoint's seed %d", self.cfg.SEED, seed)
+        self.seed = seed
 
     @classmethod
     def build_training(cls, cfg) -> Tuple[torch.nn.Module, SimpleTrainer]:
