@@ -124,9 +124,9 @@ def test_same_seed_same_pasted_batches_with_0_and_2_workers():
     assert any(not torch.equal(a[0]["image"], b[0]["image"]) for a, b in zip(zero, other))
 
 
-def _ids_loader(seed: int, rank: int = 0, world: int = 1, batch: int = 3):
-    """A BatchLoader over 40 dicts of two aspect groups; the mapper records the index and one draw."""
-    dicts = [{"i": i, "width": 1 + i % 2, "height": 1} for i in range(40)]
+def _ids_loader(seed: int, rank: int = 0, world: int = 1, batch: int = 3, images: int = 40):
+    """A BatchLoader over `images` dicts of two aspect groups; the mapper records the index and one draw."""
+    dicts = [{"i": i, "width": 1 + i % 2, "height": 1} for i in range(images)]
     groups = aspect_groups(dicts)
     dataset = BatchMapDataset(dicts, lambda d: {"i": d["i"], "aug": float(np.random.rand())}, 0, rank, groups)
     return BatchLoader(dataset, TrainingSampler(len(dicts), seed=seed), batch, groups, 0, rank, world)
@@ -161,3 +161,4 @@ def test_loader_resumed_with_another_layout_says_what_differs():
         if len(buckets[i % 2]) == 2:
             break
     assert [d["i"] for d in _take(two, 1)[0]] == buckets[i % 2]
+    assert _ids_loader(seed=1, images=30).load_state_dict(first.state_dict()) == "40 dataset images then, 30 now: another index stream"

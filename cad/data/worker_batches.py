@@ -44,7 +44,8 @@ seed gives the same batches with 0 or N workers.
 
 Resuming (`BatchLoader.state_dict` / `load_state_dict`): a checkpoint holds the number of batches
 the training process took from the loader (batches prefetched by the workers are not counted),
-the sampler's seeds (random when SEED < 0), the per-GPU batch and the number of processes. The
+the sampler's seeds (random when SEED < 0), the per-GPU batch, the number of processes and of
+dataset images (another number is said not to be exact). The
 resumed loader forms and drops that many batches from the rank's index stream (no image is read)
 and continues at the next position, so it yields exactly the batches the uninterrupted loader
 would. With another number of processes or per-GPU batch, it continues the (global, unsharded)
@@ -242,24 +243,29 @@ class BatchLoader:
         batch) and where in the sampler's stream it started, and the worker count (for the record)."""
         sampler = {a: getattr(self.sampler, a) for a in SAMPLER_STATE if hasattr(self.sampler, a)}
         return {"batches": self.taken, "batch_size": self.batch_size, "world_size": self.world_size,
-                "offset": self._offset, "first": self._first, "num_workers": self.num_workers, "sampler": sampler}
+                "offset": self._offset, "first": self._first, "num_workers": self.num_workers, "sampler": sampler,
+                "images": len(self.dataset.dicts)}
 
     def load_state_dict(self, state: Dict) -> Optional[str]:
         """Continue after the batches `state` records. Returns None when the continuation is exact, else
-        what differs from an uninterrupted run (another number of processes or per-GPU batch: the
-        sampler's global stream continues after the images taken, in batches of the new layout)."""
+        what differs from an uninterrupted run: another number of processes or per-GPU batch (the
+        sampler's global stream continues after the images taken, in batches of the new layout), another
+        number of dataset images (the stream is another one)."""
         if self._started:
             raise RuntimeError("BatchLoader.load_state_dict after its first batch")
         for name, value in state["sampler"].items():
             setattr(self.sampler, name, value)
         self.taken = int(state["batches"])
         self._offset, self._first = int(state["offset"]), int(state["first"])
-        if (state["world_size"], state["batch_size"]) == (self.world_size, self.batch_size):
-            return None
-        self._offset += (self.taken - self._first) * state["batch_size"] * state["world_size"]
-        self._first = self.taken
-        return (f"{state['world_size']} process(es) x {state['batch_size']} images per batch then, {self.world_size} x "
-                f"{self.batch_size} now: the stream goes on after its first {self._offset} images, in new batches")
+        notes = []
+        if state["images"] != len(self.dataset.dicts):
+            notes.append(f"{state['images']} dataset images then, {len(self.dataset.dicts)} now: another index stream")
+        if (state["world_size"], state["batch_size"]) != (self.world_size, self.batch_size):
+            self._offset += (self.taken - self._first) * state["batch_size"] * state["world_size"]
+            self._first = self.taken
+            notes.append(f"{state['world_size']} process(es) x {state['batch_size']} images per batch then, {self.world_size} "
+                         f"x {self.batch_size} now: the stream goes on after its first {self._offset} images, in new batches")
+        return "; ".join(notes) or None
 
 
 def build_worker_batched_train_loader(cfg, mapper: Callable[[Dict], Optional[Dict]],

@@ -38,6 +38,7 @@ processes or per-GPU batch (the loaders then continue the sampler's global strea
 images as the run trained on, in batches of the new layout; with aspect-ratio grouping, the few
 images the old layout's buckets held back at that point may be seen twice or skipped), a loader that is not a
 `BatchLoader` (a custom trainer's), a checkpoint without the data state (written by an older cad).
+Another SEED keeps the checkpoint's seed (`CadTrainer.load_state_dict` says so in one line).
 Beyond the data: another CAD.NUM_THREADS changes the order of float sums (the threaded RoIAlign
 backward, `cad.modeling.roi_align`), and on CUDA nondeterministic kernels (atomics) differ run to
 run anyway. Compared with cad before this design, an uninterrupted run draws other augmentation and
