@@ -121,7 +121,7 @@ def step_loaders(cfg) -> List:
 
         return [trainer_cls.build_train_loader(cfg), build_unlabeled_loader(cfg)]
     model = torch.nn.Linear(1, 1)
-    loader = getattr(trainer_cls, "build_step_loader", trainer_cls.build_train_loader)(cfg)  # (older cad: no build_step_loader)
+    loader = trainer_cls.build_step_loader(cfg)
     step = trainer_cls.build_step_trainer(cfg, model, loader, torch.optim.SGD(model.parameters(), lr=0.0))
     return [step.data_loader]
 
