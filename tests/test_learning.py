@@ -48,11 +48,9 @@ def test_cascade_soft_targets_droploss_overfits_pseudo_masks(tmp_path):
     # seeds 0/1/2: loss drop 1.51/1.33/1.22, mask AP50 51.5/21.1/20.0 (untrained 1.2/0.0/0.0),
     # box AP50 63.6/42.2/38.6 (untrained 0.0-1.2); DropLoss dropping every proposal: 0.92, 7.7, 18.0.
     # Copy-paste in the loader workers (draws per batch, cad.data.worker_batches), seeds 0/1/2 on a
-    # 2-core EPYC: loss drop 1.40/1.20/1.06, mask AP50 20.5/18.5/12.6, box AP50 52.2/28.2/18.9; over
-    # seeds 0-13 mask AP50 11.9 +- 8.3 and box AP50 28.5 +- 19.5 (mean +- sd), against 17.7 +- 11.7
-    # and 34.4 +- 16.8 with the former in-step paste on the same machine. Fed the former random
-    # stream, the worker loader reproduces the former runs bit for bit (seed 7: 1.07/20.2/44.8):
-    # the spread is that of the draws, 40 iterations on 2 images (docs/benchmarks.md).
+    # 2-core EPYC: loss drop 1.40/1.20/1.06, mask AP50 20.5/18.5/12.6, box AP50 52.2/28.2/18.9. The
+    # spread over seeds 0-13 is that of the draws, 40 iterations on 2 images (docs/detectors.md,
+    # "Seeds and the loader").
     assert loss_drop(losses) > 1.1, losses
     assert results["segm"]["AP50"] > untrained["segm"]["AP50"] + 10, (results, untrained)
     assert results["bbox"]["AP50"] > untrained["bbox"]["AP50"] + 20, (results, untrained)

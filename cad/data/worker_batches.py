@@ -8,8 +8,8 @@ training run.
 Why: copy-paste (CutLER/CuVLER) is a transform of a *batch* (image i receives objects of image
 B-1-i of the same per-GPU batch). Detectron2's loader maps single images in its workers and forms
 batches in the training process (`AspectRatioGroupedDataset` groups the mapped dicts as they
-arrive), so a batch transform can only run there, in the training step: 75-250 ms per step at
-800 px with 3-10 objects per image (cad issue 24, CutLER issue #9), while the GPU waits. And the
+arrive), so a batch transform can only run there, in the training step, on the CPU while the GPU
+waits (CutLER issue #9; the cost: docs/benchmarks.md, "Copy-paste in the loader workers"). And the
 random state of a Detectron2 worker depends on the samples it mapped before (its generators are
 seeded once, `worker_init_reset_seed`), so a run resumed from a checkpoint could not draw what the
 uninterrupted run draws without the state of every worker and of the batches in flight.
