@@ -45,13 +45,15 @@ TINY_OPTS = [
 ]
 
 
-def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool = False) -> subprocess.CompletedProcess:
+def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool = False, prepare=None) -> subprocess.CompletedProcess:
     """Run `tools/<script>` as its own process (text output): forked from this one, which has the
     heavy imports done (`tool_runner`), or a new interpreter when `env` changes the environment
     (read when cad is imported, e.g. DETECTRON2_DATASETS), when the tool sets such a variable itself
-    before it imports cad (`fresh`), or when forking is not safe."""
-    if env is None and not fresh and fork_safe():
-        return run_forked(REPO / "tools" / script, args, REPO, timeout)
+    before it imports cad (`fresh`), or when forking is not safe. `prepare()` runs in the forked
+    child before the tool (a test's patch of that run only); it needs a fork."""
+    if prepare is not None or (env is None and not fresh and fork_safe()):
+        assert env is None and not fresh and fork_safe(), "run_tool(prepare=...) runs the tool in a fork"
+        return run_forked(REPO / "tools" / script, args, REPO, timeout, prepare)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "tools" / script), *args],

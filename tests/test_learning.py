@@ -144,10 +144,12 @@ def test_guided_distillation_stage2_student_learns_from_teacher(gd_teacher, tmp_
             "SSL.TEACHER_CKPT", str(teacher_ckpt), "SSL.BURNIN_ITER", "100000", "SSL.EVAL_WHO", "student",
             "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.001", "OUTPUT_DIR", str(tmp_path)]
     losses, results = train_and_evaluate(config, opts)
-    # seeds 0/1/2: loss drop 2.62/2.93/2.68, mask AP 16.8/34.9/31.8 (the untrained model: 0.0, stage-1
-    # test); pseudo-labels from the student instead of the teacher: loss drop 1.11, mask AP 8.6
+    # seeds 0/1/2 (per-batch and per-iteration seeds, cad.engine.resume): loss drop 2.29/2.51/2.94, mask AP
+    # 11.6/17.5/40.4 (the untrained model: 0.0, stage-1 test); pseudo-labels from the student instead of the
+    # teacher: loss drop 1.13/1.07/1.02, mask AP 16.8/3.6/7.6. The loss drop separates the two; the AP on 3
+    # images does not (it only separates a trained student from an untrained one).
     assert loss_drop(losses) > 1.8, losses
-    assert results["segm"]["AP"] > 12, results
+    assert results["segm"]["AP"] > 8, results
 
 
 MOTION_OPTS = [
