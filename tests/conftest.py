@@ -1,5 +1,6 @@
 """Test-wide setup: one torch thread, a private dataset root, helpers to run the tools."""
 import atexit
+import logging
 import os
 import shutil
 import subprocess
@@ -59,6 +60,14 @@ def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool 
         [sys.executable, str(REPO / "tools" / script), *args],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def cad_logger_propagates():
+    """`cad.engine.train.setup` (run in this process by the learning harness) stops the "cad"
+    logger's propagation, as Detectron2's `setup_logger` does; caplog listens on the root logger,
+    so every test starts with it propagating."""
+    logging.getLogger("cad").propagate = True
 
 
 @pytest.fixture(scope="session")
