@@ -1,4 +1,4 @@
-# Two commands for a new user (README): `make demo` runs the main job, `make test` the test suite.
+# Two commands for a new user (README.md): `make demo` runs the main job, `make test` the test suite.
 # Both install everything into .venv first (a no-op in about a second once done).
 PY := .venv/bin/python
 DEMO_CFG := configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic_demo.yaml

@@ -33,7 +33,7 @@ def _add_runtime_config(cfg: CN) -> None:
     # configs, the CPU demo).
     cfg.SOLVER.OPTIMIZER = "SGD"
     # torch intra-op threads per process; 0 keeps torch's default. On small CPUs one thread per
-    # process avoids oversubscription (measured ~3x slower with 2 threads on a busy 2-core box).
+    # process avoids oversubscription (docs/benchmarks.md).
     cfg.CAD.NUM_THREADS = 0
     # Declared partial initialisation for training: model key prefixes that a full MODEL.WEIGHTS
     # checkpoint may lack (they keep their initialisation; the count is logged), e.g. xMOD's 3D

@@ -5,7 +5,7 @@
 #
 #   bash install/install.sh            # uses python3 (3.10+)
 #   PYTHON=python3.12 bash install/install.sh
-#   CAD_D2_FROM_SOURCE=1 bash ...      # with a CUDA toolkit: see README "Installing Detectron2"
+# With a CUDA toolkit, compiled Detectron2 ops: docs/getting_started.md, "What the installer does".
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,5 +1,6 @@
 """Test-wide setup: one torch thread, a private dataset root, helpers to run the tools."""
 import atexit
+import logging
 import os
 import shutil
 import subprocess
@@ -45,18 +46,28 @@ TINY_OPTS = [
 ]
 
 
-def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool = False) -> subprocess.CompletedProcess:
+def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool = False, prepare=None) -> subprocess.CompletedProcess:
     """Run `tools/<script>` as its own process (text output): forked from this one, which has the
     heavy imports done (`tool_runner`), or a new interpreter when `env` changes the environment
     (read when cad is imported, e.g. DETECTRON2_DATASETS), when the tool sets such a variable itself
-    before it imports cad (`fresh`), or when forking is not safe."""
-    if env is None and not fresh and fork_safe():
-        return run_forked(REPO / "tools" / script, args, REPO, timeout)
+    before it imports cad (`fresh`), or when forking is not safe. `prepare()` runs in the forked
+    child before the tool (a test's patch of that run only); it needs a fork."""
+    if prepare is not None or (env is None and not fresh and fork_safe()):
+        assert env is None and not fresh and fork_safe(), "run_tool(prepare=...) runs the tool in a fork"
+        return run_forked(REPO / "tools" / script, args, REPO, timeout, prepare)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "tools" / script), *args],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(autouse=True)
+def cad_logger_propagates():
+    """`cad.engine.train.setup` (run in this process by the learning harness) stops the "cad"
+    logger's propagation, as Detectron2's `setup_logger` does; caplog listens on the root logger,
+    so every test starts with it propagating."""
+    logging.getLogger("cad").propagate = True
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,19 @@ of `cfg.CAD.TRAINER` exactly as `cad.engine.train.main` does, then records per r
 - `teacher_init` / `teacher`: a separate teacher's state (GD; DIOD/xMOD keep theirs in the
   model under `teachers.*`),
 - `metrics`: `trainer_cls.test` on `args.eval_weights` when that attribute is set,
-- `s_per_iter`: mean wall time of the iterations after the first.
+- `s_per_iter`: mean wall time of the iterations after the first,
+- `warnings`: the messages of cad's loggers at WARNING and above during training.
 With `args.same_random_points`, `torch.rand` without a generator returns the same row for every
 leading index (seeded, see `_row_constant_rand`): Mask2Former's matcher and point-sampled losses
 then draw the same points for an image whatever else is in the process's batch.
 With `args.frozen_bn`, BatchNorm layers stay in eval mode (running statistics, not the batch's).
+With `args.resume_from` (a checkpoint file), the job's OUTPUT_DIR starts with a copy of it as its last
+checkpoint (made by rank 0 when the job starts: it may be a previous job's), for `args.resume`.
 Each job's record is written to `record_dir/rank<R>.pt`. An exception is recorded (as text) instead of raised so
 the other jobs of a shared launch still run.
 """
+import logging
+import shutil
 import time
 import traceback
 import types
@@ -85,6 +90,15 @@ def _record_first_gradients(step, grads: Dict[str, torch.Tensor]) -> None:
     step.optimizer.step = record_and_step
 
 
+class _Messages(logging.Handler):
+    def __init__(self, level: int):
+        super().__init__(level)
+        self.messages: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 class _Timer(HookBase):
     def __init__(self):
         self.times: List[float] = []
@@ -101,6 +115,10 @@ def _run_one(args, record_dir: Path) -> Dict:
     from cad.engine.trainer import TRAINER_REGISTRY
 
     cfg = setup(args)
+    if getattr(args, "resume_from", None) and comm.is_main_process():
+        shutil.copy(args.resume_from, cfg.OUTPUT_DIR)
+        (Path(cfg.OUTPUT_DIR) / "last_checkpoint").write_text(Path(args.resume_from).name)
+    comm.synchronize()
     trainer_cls = TRAINER_REGISTRY.get(cfg.CAD.TRAINER)
     record: Dict = {"rank": comm.get_rank(), "world_size": comm.get_world_size()}
     if getattr(args, "eval_weights", ""):
@@ -116,6 +134,8 @@ def _run_one(args, record_dir: Path) -> Dict:
         original(self, loss_dict, data_time, prefix)
 
     SimpleTrainer._write_metrics = write_metrics
+    warned = _Messages(logging.WARNING)
+    logging.getLogger("cad").addHandler(warned)
     original_rand = torch.rand
     if getattr(args, "same_random_points", False):
         torch.rand = _row_constant_rand(original_rand)
@@ -142,8 +162,9 @@ def _run_one(args, record_dir: Path) -> Dict:
         trainer.train()
     finally:
         SimpleTrainer._write_metrics = original
+        logging.getLogger("cad").removeHandler(warned)
         torch.rand = original_rand
-    record.update(losses=losses, ids=ids, grads=grads, final=_state(step.model), s_per_iter=sum(timer.times[1:]) / max(1, len(timer.times) - 1))
+    record.update(warnings=warned.messages, losses=losses, ids=ids, grads=grads, final=_state(step.model), s_per_iter=sum(timer.times[1:]) / max(1, len(timer.times) - 1))
     if teacher is not None:
         record["teacher"] = _state(teacher)
     return record

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from cad.backbones import CheckpointLayoutError, WeightsNotFoundError, build_vit, extract_features, save_random_checkpoint
+from cad.backbones import WeightsNotFoundError, build_vit, extract_features, save_random_checkpoint
 from cad.backbones.features import normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import VIT_ARCHS, random_vit
+from cad.checkpoint import CheckpointError
 
 torch.set_num_threads(1)
 SMALL = dict(depth=2, embed_dim=48, num_heads=2)
@@ -38,12 +39,12 @@ def test_round_trip_official_layout(tmp_path, arch):
 
 def test_wrong_family_fails_clearly(tmp_path):
     v2 = save_random_checkpoint("dinov2_vits14", tmp_path / "v2.pth", **SMALL)
-    with pytest.raises(CheckpointLayoutError, match=r"is a DINOv2 ViT file \(dinov2 layout\), not a DINO ViT file \(dino layout\) for dino_vits16$"):
+    with pytest.raises(CheckpointError, match=r"is a DINOv2 ViT file \(dinov2 layout\), not a DINO ViT file \(dino layout\) for dino_vits16$"):
         build_vit("dino_vits16", v2, **SMALL)
     v1 = save_random_checkpoint("dino_vits16", tmp_path / "v1.pth", **SMALL)
-    with pytest.raises(CheckpointLayoutError, match=r"is a DINO ViT file \(dino layout\), not a DINOv2 ViT file \(dinov2 layout\)"):
+    with pytest.raises(CheckpointError, match=r"is a DINO ViT file \(dino layout\), not a DINOv2 ViT file \(dinov2 layout\)"):
         build_vit("dinov2_vits14", v1, **SMALL)
-    with pytest.raises(CheckpointLayoutError, match=r"not a DINOv2 ViT file with registers \(dinov2_reg layout\)"):
+    with pytest.raises(CheckpointError, match=r"not a DINOv2 ViT file with registers \(dinov2_reg layout\)"):
         build_vit("dinov2_vits14_reg", v2, **SMALL)
 
 
@@ -54,13 +55,13 @@ def test_missing_unexpected_and_shape_errors_name_the_keys(tmp_path):
     del broken["blocks.1.attn.qkv.bias"]
     broken["head.weight"] = torch.zeros(3)
     torch.save(broken, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointLayoutError, match=r"1 missing \(blocks.1.attn.qkv.bias\), 1 unexpected \(head.weight\) keys"):
+    with pytest.raises(CheckpointError, match=r"1 missing \(blocks.1.attn.qkv.bias\), 1 unexpected \(head.weight\) keys"):
         build_vit("dino_vits16", tmp_path / "broken.pth", **SMALL)
     # Same keys, other patch size: strict shapes, no silent resampling.
-    with pytest.raises(CheckpointLayoutError, match="patch_embed.proj.weight"):
+    with pytest.raises(CheckpointError, match="patch_embed.proj.weight"):
         build_vit("dino_vits8", path, **SMALL)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointLayoutError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="cannot read"):
         build_vit("dino_vits16", tmp_path / "junk.pth", **SMALL)
 
 

@@ -262,8 +262,9 @@ def test_discovery_model_weights_errors(tiny, tmp_path):
 
 
 def test_lost_paper_config_eval_only_with_model_weights(tmp_path):
-    """The issue's command: --eval-only MODEL.WEIGHTS <DINO file> on configs/LOST/lost_dino_vits16_voc07.yaml
-    (here a random full-size ViT-S/16 in DINO's layout, on the tiny synthetic split)."""
+    """The model zoo's LOST command (docs/model_zoo.md, E3): --eval-only MODEL.WEIGHTS <DINO file> on
+    configs/LOST/lost_dino_vits16_voc07.yaml (here a random full-size ViT-S/16 in DINO's layout, on
+    the tiny synthetic split)."""
     from cad.engine.cli import run as train_net
 
     ckpt = save_random_checkpoint("dino_vits16", tmp_path / "dino_deitsmall16_pretrain.pth", seed=4)

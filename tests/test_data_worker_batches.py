@@ -2,9 +2,12 @@
 
 Pinned: the batches hold the images Detectron2's aspect-ratio-grouped loader puts together; the
 same seed gives the same pasted batches with 0 and 2 workers; every draw is a function of
-(seed, rank, batch position); the training process's global generators are left untouched.
+(seed, rank, batch position); the training process's global generators are left untouched; a
+loader resumed from its `state_dict` yields the batches the uninterrupted one would, and one
+resumed with another layout says so.
 """
 import argparse
+import itertools
 import random
 
 import numpy as np
@@ -12,11 +15,13 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data import detection_utils as utils
 from detectron2.data.common import AspectRatioGroupedDataset
+from detectron2.data.samplers import TrainingSampler
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
 from cad.data.mapper import CadDatasetMapper
-from cad.data.worker_batches import BatchMapDataset, GroupedBatchSampler, aspect_groups, image_size, seeded_global_rngs
+from cad.data.worker_batches import (BatchLoader, BatchMapDataset, GroupedBatchSampler, aspect_groups, image_size,
+                                     seeded_global_rngs)
 from cad.engine.copy_paste_trainer import CopyPasteTrainer
 from cad.engine.setup import build_cfg
 from conftest import REPO, TINY_OPTS
@@ -117,3 +122,43 @@ def test_same_seed_same_pasted_batches_with_0_and_2_workers():
     _, loader = _loader(0, seed=4)
     other = _take(loader, 4)
     assert any(not torch.equal(a[0]["image"], b[0]["image"]) for a, b in zip(zero, other))
+
+
+def _ids_loader(seed: int, rank: int = 0, world: int = 1, batch: int = 3, images: int = 40):
+    """A BatchLoader over `images` dicts of two aspect groups; the mapper records the index and one draw."""
+    dicts = [{"i": i, "width": 1 + i % 2, "height": 1} for i in range(images)]
+    groups = aspect_groups(dicts)
+    dataset = BatchMapDataset(dicts, lambda d: {"i": d["i"], "aug": float(np.random.rand())}, 0, rank, groups)
+    return BatchLoader(dataset, TrainingSampler(len(dicts), seed=seed), batch, groups, 0, rank, world)
+
+
+def test_loader_resumed_from_its_state_yields_the_uninterrupted_batches():
+    straight = _take(_ids_loader(seed=5), 9)
+    first = _ids_loader(seed=5)
+    _take(first, 6)
+    state = first.state_dict()
+    assert state["batches"] == 6 and state["sampler"] == {"_seed": 5}
+    resumed = _ids_loader(seed=99)  # a new process draws another sampler seed: the state's replaces it
+    stream = iter(resumed)  # as Detectron2's trainers do, before the checkpoint is loaded
+    assert resumed.load_state_dict(state) is None
+    assert [next(stream) for _ in range(3)] == straight[6:]
+    restarted = _take(_ids_loader(seed=5), 3)  # the loader without the state: not the continuation
+    assert [[d["i"] for d in b] for b in restarted] != [[d["i"] for d in b] for b in straight[6:]]
+
+
+def test_loader_resumed_with_another_layout_says_what_differs():
+    first = _ids_loader(seed=5)
+    _take(first, 4)
+    two = _ids_loader(seed=1, rank=1, world=2, batch=2)
+    note = two.load_state_dict(first.state_dict())
+    assert note == ("1 process(es) x 3 images per batch then, 2 x 2 now: the stream goes on after its first 12 images, "
+                    "in new batches")
+    # rank 1 of 2 continues at the 13th index of the sampler's stream (its odd positions from there),
+    # the first batch being the first pair of one aspect group (the index's parity here)
+    buckets = {0: [], 1: []}
+    for i in itertools.islice(TrainingSampler(40, seed=5)._infinite_indices(), 13, None, 2):
+        buckets[i % 2].append(i)
+        if len(buckets[i % 2]) == 2:
+            break
+    assert [d["i"] for d in _take(two, 1)[0]] == buckets[i % 2]
+    assert _ids_loader(seed=1, images=30).load_state_dict(first.state_dict()) == "40 dataset images then, 30 now: another index stream"

@@ -26,7 +26,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
 from cad.backbones.swin import SwinBackbone, convert_swin_checkpoint, shifted_window_mask
-from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, ppvit_resample_pos_embed
+from cad.backbones.vit import WeightsNotFoundError, ppvit_resample_pos_embed
 from cad.checkpoint import CheckpointError, load_checkpoint
 from cad.config import add_cad_config
 from cad.engine.setup import apply_ssl_percentage
@@ -466,7 +466,7 @@ def test_deit_release_loads_strictly_without_its_classifier(tmp_path):
     loaded = build_backbone(cfg).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in weights.items())
     torch.save({"model": weights}, tmp_path / "headless.pth")
-    with pytest.raises(CheckpointLayoutError, match=r"\(top-level keys: model\) is not a DeiT release .*head"):
+    with pytest.raises(CheckpointError, match=r"\(top-level keys: model\) is not a DeiT release .*head"):
         build_backbone(_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", str(tmp_path / "headless.pth"), *opts]))
 
 

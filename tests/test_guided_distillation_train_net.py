@@ -40,7 +40,7 @@ def test_two_stages_resume_and_eval(tmp_path):
                     "DATASETS.TEST", "()", "OUTPUT_DIR", str(s_out)]
     proc = _train_net([*student_cfg, *student_opts, "SOLVER.MAX_ITER", "2"], data)
     # the student's MODEL.WEIGHTS is "" in the tiny config: random initialisation, said so
-    assert "MODEL.WEIGHTS is empty: Mask2Former starts from random initialisation" in proc.stderr
+    assert "MODEL.WEIGHTS is empty: Mask2Former starts from random initialisation" in proc.stdout
     ckpt = torch.load(s_out / "model_final.pth", map_location="cpu", weights_only=False)
     keys = ckpt["model"].keys()
     # the official EnsembleTSModel names: official and cad stage-2 files interchange

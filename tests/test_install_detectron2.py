@@ -32,7 +32,7 @@ def test_numpy2_and_pillow10_paths():
 
 
 def test_map_dataset_replaces_a_skipped_item():
-    # Python 3.11 rejects random.sample on a set, which Detectron2 0.6 used to draw the replacement.
+    # Detectron2 0.6 draws the replacement with random.sample on a set, which Python 3.11 rejects (patched).
     from detectron2.data.common import MapDataset
 
     dataset = MapDataset(list(range(4)), lambda x: None if x == 1 else x)

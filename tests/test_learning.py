@@ -48,11 +48,9 @@ def test_cascade_soft_targets_droploss_overfits_pseudo_masks(tmp_path):
     # seeds 0/1/2: loss drop 1.51/1.33/1.22, mask AP50 51.5/21.1/20.0 (untrained 1.2/0.0/0.0),
     # box AP50 63.6/42.2/38.6 (untrained 0.0-1.2); DropLoss dropping every proposal: 0.92, 7.7, 18.0.
     # Copy-paste in the loader workers (draws per batch, cad.data.worker_batches), seeds 0/1/2 on a
-    # 2-core EPYC: loss drop 1.40/1.20/1.06, mask AP50 20.5/18.5/12.6, box AP50 52.2/28.2/18.9; over
-    # seeds 0-13 mask AP50 11.9 +- 8.3 and box AP50 28.5 +- 19.5 (mean +- sd), against 17.7 +- 11.7
-    # and 34.4 +- 16.8 with the former in-step paste on the same machine. Fed the former random
-    # stream, the worker loader reproduces the former runs bit for bit (seed 7: 1.07/20.2/44.8):
-    # the spread is that of the draws, 40 iterations on 2 images (docs/benchmarks.md).
+    # 2-core EPYC: loss drop 1.40/1.20/1.06, mask AP50 20.5/18.5/12.6, box AP50 52.2/28.2/18.9. The
+    # spread over seeds 0-13 is that of the draws, 40 iterations on 2 images (docs/detectors.md,
+    # "Seeds and the loader").
     assert loss_drop(losses) > 1.1, losses
     assert results["segm"]["AP50"] > untrained["segm"]["AP50"] + 10, (results, untrained)
     assert results["bbox"]["AP50"] > untrained["bbox"]["AP50"] + 20, (results, untrained)
@@ -146,10 +144,12 @@ def test_guided_distillation_stage2_student_learns_from_teacher(gd_teacher, tmp_
             "SSL.TEACHER_CKPT", str(teacher_ckpt), "SSL.BURNIN_ITER", "100000", "SSL.EVAL_WHO", "student",
             "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.001", "OUTPUT_DIR", str(tmp_path)]
     losses, results = train_and_evaluate(config, opts)
-    # seeds 0/1/2: loss drop 2.62/2.93/2.68, mask AP 16.8/34.9/31.8 (the untrained model: 0.0, stage-1
-    # test); pseudo-labels from the student instead of the teacher: loss drop 1.11, mask AP 8.6
+    # seeds 0/1/2 (per-batch and per-iteration seeds, cad.engine.resume): loss drop 2.29/2.51/2.94, mask AP
+    # 11.6/17.5/40.4 (the untrained model: 0.0, stage-1 test); pseudo-labels from the student instead of the
+    # teacher: loss drop 1.13/1.07/1.02, mask AP 16.8/3.6/7.6. The loss drop separates the two; the AP on 3
+    # images does not (it only separates a trained student from an untrained one).
     assert loss_drop(losses) > 1.8, losses
-    assert results["segm"]["AP"] > 12, results
+    assert results["segm"]["AP"] > 8, results
 
 
 MOTION_OPTS = [

@@ -19,7 +19,8 @@ from detectron2.data import DatasetCatalog
 
 from cad.backbones.cnn import build_cnn, cnn_features
 from cad.backbones.features import extract_features, preprocess_lost
-from cad.backbones.vit import DINO_INTERPOLATE_OFFSET, CheckpointLayoutError, save_random_checkpoint
+from cad.backbones.vit import DINO_INTERPOLATE_OFFSET, save_random_checkpoint
+from cad.checkpoint import CheckpointError
 from cad.discovery.lost import LOST, dino_seg, lost
 from cad.evaluation.corloc import dataset_gt_boxes
 
@@ -69,10 +70,10 @@ def test_cnn_weights_load_strictly_except_the_classifier(tmp_path, monkeypatch):
     torch.testing.assert_close(build_cnn("dino_resnet50", tmp_path / "rn50.pth")[4][0].conv1.weight,
                                reference.layer1[0].conv1.weight)
     monkeypatch.setattr(cad.checkpoint, "read_weights", lambda path: {**no_fc, "head.weight": torch.zeros(1)})
-    with pytest.raises(CheckpointLayoutError, match="unexpected keys \\['head.weight'\\]"):
+    with pytest.raises(CheckpointError, match="unexpected keys \\['head.weight'\\]"):
         build_cnn("dino_resnet50", tmp_path / "rn50.pth")
     monkeypatch.setattr(cad.checkpoint, "read_weights", lambda path: {k: v for k, v in no_fc.items() if k != "bn1.bias"})
-    with pytest.raises(CheckpointLayoutError, match="missing keys \\['bn1.bias'\\]"):
+    with pytest.raises(CheckpointError, match="missing keys \\['bn1.bias'\\]"):
         build_cnn("dino_resnet50", tmp_path / "rn50.pth")
 
 

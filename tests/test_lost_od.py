@@ -276,7 +276,7 @@ def test_lost_od_detector_overfits_shape_clusters(tmp_path):
     config = REPO / "configs/LOST/faster_rcnn_R_50_C4_lost_od_voc07.yaml"
     opts = [
         "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)", "MODEL.WEIGHTS", "",
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "SOLVER.MAX_ITER", "60", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "5",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "SOLVER.MAX_ITER", "100", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "5",
         "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "100000", "TEST.EVAL_PERIOD", "0",
         # from scratch: AdamW (SGD at LR 0.02 learned too slowly to localise in 80 iterations), a ResNet-18
         # trunk, GN (2-image batches), a res5 head on 8x8 RoIs: ~5 s of CPU in all
@@ -292,12 +292,13 @@ def test_lost_od_detector_overfits_shape_clusters(tmp_path):
     ]
     untrained = evaluate_untrained(config, opts)["hungarian"]["AP50"]
     losses, results = train_and_evaluate(config, opts)
-    # (data seed, SEED) (0,0)/(1,0)/(2,0)/(0,1)/(1,1): loss drop 2.41/1.47/4.10/1.99/3.03, matched AP50
-    # 57.9/58.7/40.0/36.6/38.5 (untrained 10.3/14.1/6.0/3.6/12.4). After 60 iterations the localisation
-    # is learnt, not yet every class (seed 0 maps ellipse and triangle to each other's clusters); with
-    # 250 iterations the mapping is exactly the permutation above (ellipse 2, triangle 3, square 1).
-    assert loss_drop(losses) > 1.3, losses
-    assert results["hungarian"]["AP50"] > untrained + 20, (results, untrained)
+    # (data seed, SEED) (0,0)/(1,0)/(2,0)/(0,1)/(1,1)/(0,2), 100 iterations: loss drop
+    # 1.22/1.79/2.12/2.07/2.84/2.01, matched AP50 30.3/52.8/42.6/37.5/90.0/41.1 (untrained
+    # 10.3/14.1/6.0/3.6/12.4/1.3); at 60 iterations AP50 was 10.6-58.3, too spread to assert on. The
+    # localisation is learnt before every class: at 250 iterations (seed (0,0), AP50 51.5) the matching
+    # finds square -> 1 but still swaps ellipse and triangle.
+    assert loss_drop(losses) > 1.1, losses
+    assert results["hungarian"]["AP50"] > untrained + 15, (results, untrained)
     matching = json.loads((tmp_path / "out" / "inference" / test / "hungarian_matching.json").read_text())
     assert set(matching["class_to_cluster"]) == {"ellipse", "triangle", "square"}
 

@@ -1,4 +1,4 @@
-"""Your own images, end to end on CPU (README "Your own images"): an unlabeled folder -> VoteCut
+"""Your own images, end to end on CPU (docs/own_images.md): an unlabeled folder -> VoteCut
 pseudo-masks (small random-init ViTs) -> detector (2 processes) -> predictions on the folder ->
 self-training JSON -> self-trained detector evaluated on the folder's ground truth, checking
 every hand-off: image ids, sizes, scores, RLE masks and split registration in every process."""

@@ -201,5 +201,5 @@ def test_corrupt_images_in_train_split_are_skipped(tmp_path):
         "OUTPUT_DIR", str(out), env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"Skipping unreadable image '.*shapes_tiny_train/0000(0\d|1[01]).png'", proc.stderr)
+    assert re.search(r"Skipping unreadable image '.*shapes_tiny_train/0000(0\d|1[01]).png'", proc.stdout)
     assert (out / "model_final.pth").exists()

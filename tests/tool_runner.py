@@ -25,7 +25,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -71,13 +71,15 @@ def _fresh_process_state(script: Path, args: Sequence[str], cwd: Path) -> None:
     sys.path.insert(0, str(script.parent))
 
 
-def _child(script: Path, args: Sequence[str], cwd: Path, out: int, err: int) -> None:
+def _child(script: Path, args: Sequence[str], cwd: Path, out: int, err: int, prepare: Optional[Callable[[], None]]) -> None:
     code = 1
     try:
         os.dup2(out, 1)
         os.dup2(err, 2)
         _fresh_process_state(script, args, cwd)
         try:
+            if prepare is not None:
+                prepare()
             runpy.run_path(str(script), run_name="__main__")
             code = 0
         except SystemExit as e:
@@ -95,15 +97,18 @@ def _child(script: Path, args: Sequence[str], cwd: Path, out: int, err: int) -> 
             os._exit(code)
 
 
-def run_forked(script: Path, args: Sequence[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """`python script ARGS` in `cwd` as a fork of this process; a `CompletedProcess` with text output.
-    Raises `subprocess.TimeoutExpired` (after killing the child) past `timeout` seconds."""
+def run_forked(script: Path, args: Sequence[str], cwd: Path, timeout: float,
+               prepare: Optional[Callable[[], None]] = None) -> subprocess.CompletedProcess:
+    """`python script ARGS` in `cwd` as a fork of this process; a `CompletedProcess` with text output
+    (a child killed by signal S has returncode -S). `prepare()` runs in the child just before the
+    script (e.g. to patch a class). Raises `subprocess.TimeoutExpired` (after killing the child)
+    past `timeout` seconds."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(script, args, cwd, out.fileno(), err.fileno())
+            _child(script, args, cwd, out.fileno(), err.fileno(), prepare)
         deadline = time.monotonic() + timeout
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)

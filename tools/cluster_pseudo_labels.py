@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     import torch
 
     import cad  # noqa: F401  (registers the predefined splits)
-    from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError, build_vit
+    from cad.backbones.vit import build_vit
+    from cad.checkpoint.errors import CheckpointError, WeightsNotFoundError
     from cad.discovery.cluster import ClusterSettings, cluster_pseudo_labels, coco_from_lost_pickle
     from cad.utils.io import InputFileError, atomic_write_json, read_json
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             coco, lambda: build_vit(args.arch, args.weights, device=device), settings, args.weights,
             args.image_root, device, args.features_cache,
         )
-    except (InputFileError, WeightsNotFoundError, CheckpointLayoutError, ValueError, OSError,
+    except (InputFileError, WeightsNotFoundError, CheckpointError, ValueError, OSError,
             pickle.UnpicklingError, EOFError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

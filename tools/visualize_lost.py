@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     from cad.backbones.cnn import resolve_backbone_weights
-    from cad.backbones.vit import CheckpointLayoutError, WeightsNotFoundError
+    from cad.checkpoint.errors import CheckpointError, WeightsNotFoundError
     from cad.config import ConfigError
     from cad.discovery.lost import LOST
     from cad.discovery.lost_vis import lost_visualizations
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         method = LOST(MethodOptions(models=((args.arch, args.weights),), device=args.device),
                       features=args.features, resnet_dilate=args.resnet_dilate)
         method.model
-    except (ValueError, WeightsNotFoundError, CheckpointLayoutError, ConfigError) as e:
+    except (ValueError, WeightsNotFoundError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     written = skipped = 0

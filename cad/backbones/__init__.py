@@ -6,7 +6,6 @@ from cad.backbones.swin import SwinBackbone  # registers D2SwinTransformer
 from cad.backbones.features import ViTFeatures, extract_features, normalize_image, pad_to_patch_multiple, preprocess_lost
 from cad.backbones.vit import (
     VIT_ARCHS,
-    CheckpointLayoutError,
     WeightsNotFoundError,
     build_vit,
     save_random_checkpoint,
@@ -14,7 +13,6 @@ from cad.backbones.vit import (
 
 __all__ = [
     "VIT_ARCHS",
-    "CheckpointLayoutError",
     "GDViTBackbone",
     "SwinBackbone",
     "WeightsNotFoundError",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from cad.backbones.vit import CheckpointLayoutError
+from cad.checkpoint.errors import CheckpointError
 from cad.config import ConfigError
 
 __all__ = [
@@ -84,19 +84,19 @@ def _load(model: nn.Module, arch: str, path: str) -> None:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise CheckpointLayoutError(f"'{path}' for {arch} is not a state dict")
+        raise CheckpointError(f"'{path}' for {arch} is not a state dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     expected = model.state_dict()
     optional = {k for k in expected if k.startswith("fc.")}  # the unused classifier (see module doc)
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointLayoutError(
+        raise CheckpointError(
             f"checkpoint '{path}' does not match {arch}: missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
         )
     wrong = [k for k in state if tuple(state[k].shape) != tuple(expected[k].shape)]
     if wrong:
-        raise CheckpointLayoutError(f"checkpoint '{path}' does not match {arch}: wrong shapes for {wrong[:6]}")
+        raise CheckpointError(f"checkpoint '{path}' does not match {arch}: wrong shapes for {wrong[:6]}")
     model.load_state_dict(state, strict=not (optional - set(state)))
 
 

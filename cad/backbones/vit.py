@@ -46,7 +46,6 @@ __all__ = [
     "VIT_ARCHS",
     "ViTSpec",
     "WeightsNotFoundError",
-    "CheckpointLayoutError",
     "build_vit",
     "create_vit",
     "load_official_checkpoint",
@@ -191,10 +190,6 @@ def hub_resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int], num_p
         raise ValueError(f"position embedding resized to {tuple(patch.shape[-2:])}, expected {tuple(grid)}")
     patch = patch.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat((prefix, patch), dim=1)
-
-
-# The former name of the error of a checkpoint that does not fit its architecture.
-CheckpointLayoutError = CheckpointError
 
 
 # pytorch_pretrained_vit's dropout rate (attention weights, after each residual branch).

@@ -35,6 +35,7 @@ DINO/DINOv2 ViT weights of ViT backbones are not `MODEL.WEIGHTS`: they go in `CA
 meta-architectures read `MODEL.WEIGHTS` themselves (`load_own_weights`).
 """
 import logging
+import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -46,6 +47,7 @@ from cad.checkpoint.errors import CheckpointError
 from cad.checkpoint.layouts import Layout, StateDict, find_layout, get_layout, registered_layouts
 from cad.checkpoint.read import read_weights
 from cad.checkpoint.sources import weights_file
+from cad.utils.io import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +269,21 @@ class CadCheckpointer(DetectionCheckpointer):
                 logger.warning("MODEL.WEIGHTS is empty: %s starts from random initialisation", type(self.model).__name__)
             return super().load(path, checkpointables)
         return super().load(weights_file(path), checkpointables)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's `save` (model, checkpointables, `kwargs` into `save_dir/<name>.pth`, then tagged in
+        `last_checkpoint`), both files written atomically: a run killed at any moment leaves
+        `last_checkpoint` naming a complete checkpoint."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}, **kwargs}
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_bytes(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename.encode())
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         raw = read_weights(filename)

@@ -122,7 +122,7 @@ def load_coco_file(json_file: Path, image_root: Path, spec: str) -> List[Dict]:
 
 def missing_files(paths: List[str]) -> List[str]:
     """The `paths` that are not in their folder, in order; each folder is listed once (no stat per
-    file: 10k images take ~0.1 s instead of ~0.25 s for `os.path.isfile` on a busy machine)."""
+    file, which is slower: docs/benchmarks.md, "Notes behind choices in the code")."""
     listings: Dict[str, set] = {}
     missing = []
     for path in paths:

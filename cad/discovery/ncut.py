@@ -104,7 +104,8 @@ def _project_out(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _matvec(mats: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) @ (B, N) -> (B, N); one gemv per image (CPU bmm with one column is ~3x slower)."""
+    """(B, N, N) @ (B, N) -> (B, N); one gemv per image (faster on CPU than bmm with one column:
+    docs/benchmarks.md, "Notes behind choices in the code")."""
     return torch.stack([torch.mv(m, v) for m, v in zip(mats, vecs)])
 
 

@@ -374,7 +374,7 @@ def merge(cfg: PipelineConfig, records: Sequence[ImageRecord], out: Path) -> Sum
         images += part["images"]
         annotations += part["annotations"]
         unreadable += part["unreadable"]
-        failures.update(part.get("failures", {}))  # chunks written before failures were counted have none
+        failures.update(part["failures"])
     summary = Summary(len(images), len(annotations), unreadable, dict(failures))
     write_coco_json(out, images, annotations, info=summary.info())
     logger.info("Wrote %s: %s", out, summary.line())

@@ -98,8 +98,8 @@ def kmeans_labelings(vectors: Sequence[np.ndarray], ks: Sequence[int] = KS, seed
     (sklearn `KMeans(n_clusters=k, random_state=seed, n_init=10)` on the values).
     """
     out = []
-    # one thread: OpenMP threads buy nothing on <= 3600 1-D points and, on a busy CPU, made
-    # these fits ~100x slower (12 s instead of 0.07 s for k = 2, 3 on 2 shared cores)
+    # one thread: OpenMP threads buy nothing on <= 3600 1-D points and slow these fits down by
+    # orders of magnitude on a busy CPU (docs/benchmarks.md, "Notes behind choices in the code")
     with threadpool_limits(limits=1):
         for vec in vectors:
             samples = np.asarray(vec, dtype=np.float64).reshape(-1, 1)

@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import Checkpointer
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer
 from detectron2.structures import ImageList, Instances
@@ -31,6 +31,7 @@ from cad.config import ConfigError
 from cad.data.paths import datasets_root
 from cad.data.ssl_splits import register_by_name
 from cad.data.views import Mask2FormerInstanceMapper, WeakStrongMapper
+from cad.data.worker_batches import build_worker_batched_train_loader
 from cad.distillation.ema import ema_update, teacher_decay, unwrap
 from cad.engine.setup import check_teacher_checkpoint
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer, build_ddp_model
@@ -206,14 +207,8 @@ def build_unlabeled_loader(cfg):
     """Unlabeled images (annotations ignored, empty images kept), weak + strong views,
     SSL.IMS_PER_BATCH_UNLABELED images per iteration over all processes."""
     dicts = get_detection_dataset_dicts(unlabeled_dataset_names(cfg), filter_empty=False)
-    return build_detection_train_loader(
-        dataset=dicts,
-        mapper=WeakStrongMapper(cfg),
-        sampler=TrainingSampler(len(dicts)),
-        total_batch_size=cfg.SSL.IMS_PER_BATCH_UNLABELED,
-        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+    return build_worker_batched_train_loader(cfg, WeakStrongMapper(cfg), dataset=dicts, sampler=TrainingSampler(len(dicts)),
+                                             total_batch_size=cfg.SSL.IMS_PER_BATCH_UNLABELED)
 
 
 def load_teacher(teacher: nn.Module, cfg) -> None:
@@ -315,7 +310,7 @@ class GuidedDistillationTrainer(CadTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=Mask2FormerInstanceMapper(cfg, True))
+        return build_worker_batched_train_loader(cfg, Mask2FormerInstanceMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

@@ -9,7 +9,7 @@ clip (SOLVER.CLIP_GRADIENTS), lr = base * min(1, it/warmup) * 0.5^(it/half-life)
 import logging
 
 import torch
-from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer
 from detectron2.solver import LRMultiplier
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -17,6 +17,7 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 from cad.config import ConfigError
 from cad.data.motion import MotionClipMapper, supervision_paths
+from cad.data.worker_batches import build_worker_batched_train_loader
 from cad.distillation.ema import ema_update, unwrap
 from cad.engine.distributed import average_buffers
 from cad.engine.trainer import TRAINER_REGISTRY, CadTrainer
@@ -114,12 +115,15 @@ class MotionTrainer(CadTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Clip loader of DATASETS.TRAIN; a video without masks of CAD.MOTION.SUPERVISION is one
-        `ConfigError` here, before training starts."""
+        """Clip loader of DATASETS.TRAIN (`cad.data.worker_batches`); a video without masks of
+        CAD.MOTION.SUPERVISION is one `ConfigError` here, before training starts. Every mapped clip has
+        the size CAD.MOTION.INPUT_SIZE, so Detectron2's aspect-ratio grouping puts them all in one group:
+        the batches are runs of consecutive clips, which the loader forms without grouping."""
         videos = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
         for d in videos:
             supervision_paths(d, cfg.CAD.MOTION.SUPERVISION)
-        return build_detection_train_loader(cfg, dataset=videos, mapper=MotionClipMapper(cfg, True, cls._with_range(cfg)))
+        mapper = MotionClipMapper(cfg, True, cls._with_range(cfg))
+        return build_worker_batched_train_loader(cfg, mapper, dataset=videos, aspect_ratio_grouping=False)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

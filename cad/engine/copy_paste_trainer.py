@@ -12,7 +12,7 @@ class CopyPasteTrainer(CadTrainer):
     The training step's DataLoader workers form each process's per-GPU batch (Detectron2's
     aspect-ratio grouping) and paste on it (`cad.data.worker_batches`), so Detectron2's
     `SimpleTrainer`/`AMPTrainer` receive finished batches and the training process spends no time
-    on copy-paste. Draws derive from (`SEED`, rank, batch position). `build_train_loader` stays
+    on copy-paste. Draws derive from (loader seed, rank, batch position). `build_train_loader` stays
     unpasted: Detectron2's PreciseBN hook draws from it, as in the reference (whose paste runs in
     the training step only).
     """

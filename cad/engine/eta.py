@@ -23,8 +23,8 @@ class EtaHook(HookBase):
 
     The first `skip` iterations are left out (allocator and oneDNN warm-up make them slower).
     A detector's steps get slower during the LR warm-up: once its RPN proposes objects, the RoI
-    heads train on more foreground proposals (on the CPU demo, 0.67 s/iter at iteration 20 and
-    ~1.0 s/iter from iteration 60 on), so the second estimate is the one to trust.
+    heads train on more foreground proposals (the CPU demo's figures: docs/benchmarks.md), so the
+    second estimate is the one to trust.
     Detectron2's `CommonMetricPrinter` keeps printing its running `eta:` every 20 iterations.
     """
 

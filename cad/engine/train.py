@@ -7,6 +7,7 @@ import os
 import torch
 from detectron2.engine import default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from cad.engine.setup import build_cfg
 from cad.engine.trainer import TRAINER_REGISTRY
@@ -16,9 +17,12 @@ logger = logging.getLogger("cad")
 
 
 def setup(args: argparse.Namespace):
-    """Frozen config for this process, with Detectron2's logging/output-dir setup."""
+    """Frozen config for this process, with Detectron2's logging/output-dir setup; cad's loggers
+    ("cad.*") get the same handlers as Detectron2's (console on the main process, OUTPUT_DIR/log.txt),
+    as Mask2Former's `setup` does for its own package."""
     cfg = build_cfg(args)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="cad")
     if cfg.CAD.NUM_THREADS > 0:
         torch.set_num_threads(cfg.CAD.NUM_THREADS)
     return cfg

@@ -11,8 +11,8 @@ import weakref
 from typing import Dict, List, Tuple
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -22,10 +22,12 @@ from detectron2.utils.registry import Registry
 from cad.checkpoint.loader import CadCheckpointer
 from cad.config import ConfigError
 from cad.data.mapper import CadDatasetMapper
+from cad.data.worker_batches import build_worker_batched_train_loader, seed_global_rngs
 from cad.engine.best_checkpoint import BestMetricCheckpointer
 from cad.engine.distributed import broadcast_buffers
 from cad.engine.eta import EtaHook
 from cad.engine.preemption import PreemptionHook
+from cad.engine.resume import data_state, load_data_state, run_seed, step_seed
 from cad.evaluation.build import build_evaluator
 from cad.modeling.roi_align import use_threaded_roi_align_backward
 from cad.utils.io import atomic_write_json
@@ -60,7 +62,9 @@ class CadTrainer(DefaultTrainer):
 
     Differences from Detectron2's trainer: DDP without `device_ids` on CPU (gloo), AMP only
     when CUDA is available, `CadDatasetMapper` (soft scores, corrupt images), evaluators
-    chosen by the split's `evaluator_type` (`cad.evaluation.EVALUATOR_REGISTRY`).
+    chosen by the split's `evaluator_type` (`cad.evaluation.EVALUATOR_REGISTRY`), training
+    batches from `cad.data.worker_batches` and the global generators seeded per iteration, so that
+    `--resume` continues exactly (`cad.engine.resume`).
     """
 
     def __init__(self, cfg):
@@ -69,6 +73,7 @@ class CadTrainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model, self._trainer = self.build_training(cfg)
+        self.seed = run_seed(cfg)  # of the training step's draws; a checkpoint's replaces it on --resume
         self.scheduler = self.build_lr_scheduler(cfg, self._trainer.optimizer)
         # MODEL.WEIGHTS / --resume by cad's loading rule (strict; backbone-only files allowed here).
         self.checkpointer = CadCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, for_training=True, trainer=weakref.proxy(self))
@@ -98,17 +103,37 @@ class CadTrainer(DefaultTrainer):
         """The evaluation-result key model_best.pth tracks ("" = none)."""
         return cfg.CAD.BEST_CHECKPOINT_METRIC
 
+    def run_step(self) -> None:
+        """One iteration, with Python's, NumPy's and torch's global generators seeded from (seed,
+        rank, iteration) first (`cad.engine.resume`)."""
+        seed_global_rngs(step_seed(self.seed, comm.get_rank(), self.iter))
+        super().run_step()
+
+    def training_loaders(self) -> Dict[str, object]:
+        """The loaders whose positions a checkpoint holds, by name: the step's ("train", and
+        "unlabeled" for a step trainer with an `unlabeled_loader`) and Detectron2's PreciseBN hook's."""
+        loaders = {"train": self._trainer.data_loader}
+        if hasattr(self._trainer, "unlabeled_loader"):
+            loaders["unlabeled"] = self._trainer.unlabeled_loader
+        loaders.update({"precise_bn": h._data_loader for h in self._hooks if isinstance(h, hooks.PreciseBN)})
+        return loaders
+
     def state_dict(self) -> Dict:
-        """Iteration, hook state (LR scheduler) and the step trainer's state (optimizer, AMP scaler).
+        """Iteration, hook state (LR scheduler), the step trainer's state (optimizer, AMP scaler) and
+        the data state (seed, loader positions: `cad.engine.resume`).
 
         Detectron2 0.6's DefaultTrainer leaves the optimizer out, so `--resume` would restart
         SGD momentum / AdamW moments from zero.
         """
-        return {**super().state_dict(), "_trainer": self._trainer.state_dict()}
+        return {**super().state_dict(), "_trainer": self._trainer.state_dict(), "data": data_state(self.seed, self.training_loaders())}
 
     def load_state_dict(self, state_dict: Dict) -> None:
         super().load_state_dict(state_dict)
         self._trainer.load_state_dict(state_dict["_trainer"])
+        seed = load_data_state(state_dict.get("data"), self.training_loaders(), self.seed)
+        if 0 <= self.cfg.SEED != seed:
+            logger.warning("--resume: SEED %d is not used: the run goes on with its checkpoint's seed %d", self.cfg.SEED, seed)
+        self.seed = seed
 
     @classmethod
     def build_training(cls, cfg) -> Tuple[torch.nn.Module, SimpleTrainer]:
@@ -157,7 +182,9 @@ class CadTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=CadDatasetMapper(cfg, is_train=True))
+        """Detectron2's training loader (dataset, sampler, aspect-ratio grouping) with `CadDatasetMapper`,
+        batches built in the workers (`cad.data.worker_batches`)."""
+        return build_worker_batched_train_loader(cfg, CadDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_step_loader(cls, cfg):

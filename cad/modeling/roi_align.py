@@ -1,7 +1,7 @@
 """RoIAlign with a CPU backward that uses every intra-op thread.
 
-torchvision's CPU `roi_align` backward is one loop over all RoIs on one thread. In a CPU-trained
-Mask R-CNN it is about a fifth of a training step (ResNet-18-FPN demo, 2 threads: ~0.2 s of ~1 s).
+torchvision's CPU `roi_align` backward is one loop over all RoIs on one thread, a sizeable part of
+a CPU-trained Mask R-CNN's step (docs/benchmarks.md, "make demo and the detector training step").
 Its gradient is a sum over RoIs, so this backward splits the RoIs into one chunk per thread, runs
 torchvision's own backward kernel on each chunk in parallel (the op releases the GIL) and adds the
 partial gradients. The forward and the CUDA path are torchvision's, unchanged.

@@ -15,16 +15,15 @@ For each family:
   with DATALOADER.NUM_WORKERS 1 drained as fast as it delivers, after `--warmup` batches);
 - per step, with 0 and 2 workers: `wait_ms` (median and mean wall time the training process spends
   fetching its batch, the `data_time` of Detectron2's trainers) and `cpu_ms` (the training
-  process's CPU time in that fetch: mapping with 0 workers, the in-process copy-paste when a
-  trainer does it there, unpickling). With workers the model step is simulated by sleeping the
+  process's CPU time in that fetch: mapping and copy-paste with 0 workers, receiving the batch
+  with workers). With workers the model step is simulated by sleeping the
   paper's step time (`STEP_TIME`), which leaves the CPU to the workers, as a GPU step would;
 - `workers_per_gpu`: the worker processes one GPU needs so that its loader keeps up with the
   paper's step time (images per step / worker images/s / step time, rounded up; gd counts the
   labeled and the unlabeled loader).
 
-The loader is the one the trainer's step iterates (the step trainer's `data_loader`), so the same
-script measures a version where copy-paste runs in the training step (run it with that version of
-cad first on PYTHONPATH).
+The loader is the one the trainer's step iterates (`build_step_loader`: for CopyPasteTrainer the
+loader whose workers map and paste whole batches).
 
 examples:
   tools/benchmarks/data_throughput.py                        # every family (docs/benchmarks.md)
@@ -121,7 +120,7 @@ def step_loaders(cfg) -> List:
 
         return [trainer_cls.build_train_loader(cfg), build_unlabeled_loader(cfg)]
     model = torch.nn.Linear(1, 1)
-    loader = getattr(trainer_cls, "build_step_loader", trainer_cls.build_train_loader)(cfg)  # (older cad: no build_step_loader)
+    loader = trainer_cls.build_step_loader(cfg)
     step = trainer_cls.build_step_trainer(cfg, model, loader, torch.optim.SGD(model.parameters(), lr=0.0))
     return [step.data_loader]
 

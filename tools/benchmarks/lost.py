@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """LOST speed: images/s, ViT forward vs LOST time per image, peak memory (random-init weights).
 
-Example (the README figures): tools/benchmarks/lost.py --arch dino_vits16 --size 480 480 --threads 1
+Example: tools/benchmarks/lost.py --arch dino_vits16 --size 480 480 --threads 1
 """
 import argparse
 import json

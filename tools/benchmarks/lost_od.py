@@ -2,8 +2,7 @@
 """LOST+OD speed: crop features (objects/s), k-means, and the Hungarian-matched VOC evaluation at a
 given scale (random-init ViT, random boxes and detections).
 
-Example (the docs/lost.md figures): tools/benchmarks/lost_od.py --objects 200 --threads 1
-    --eval-images 4952 --eval-dets-per-image 100
+Example (the figures of docs/benchmarks.md, "Discovery"): tools/benchmarks/lost_od.py --objects 30 --threads 1
 """
 import argparse
 import json

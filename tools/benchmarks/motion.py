@@ -5,7 +5,7 @@ No dataset is needed: each iteration feeds B random clips (uint8 frames, two mov
 motion masks, a random range image for xMOD) through forward + backward + Adam step + EMA update
 (self-distillation active, i.e. the most expensive stage); `--inference` times the eval forward.
 
-examples (the README figures):
+examples (figures in docs/benchmarks.md):
   tools/benchmarks/motion.py --config-file configs/DIOD/diod_synthetic.yaml --iters 5
   tools/benchmarks/motion.py --config-file configs/DIOD/diod_tri_pd_burn_in.yaml --batch 1 --iters 1 --warmup 0 --inference MODEL.DEVICE cpu
 """

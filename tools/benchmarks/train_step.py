@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Seconds per training iteration and peak memory for one or more configs.
 
-Example (the figures in the README):
+Example:
   tools/benchmarks/train_step.py --threads 1 2 \
       configs/MaskRCNN/mask_rcnn_R_18_FPN_synthetic.yaml \
       configs/MaskRCNN/mask_rcnn_R_50_FPN_synthetic.yaml \
