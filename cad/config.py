@@ -334,9 +334,6 @@ CHOICES = {
     "CAD.BEST_CHECKPOINT_MODE": ("max", "min"),
     "CAD.MOTION.ENCODER": ("resnet", "vit"),
     "CAD.MOTION.ENCODER_NORM": ("BN", "GN"),
-    "CAD.MOTION.INPUT_FORMAT": ("BGR", "RGB"),
-    "CAD.MOTION.TOKEN_NORM": ("joint", "token"),
-    "CAD.MOTION.INIT": ("official", "cad"),
     "CAD.MOTION.EVAL_BN_STATS": ("batch", "running"),
     "CAD.MOTION.TEACHER_BN_STATS": ("batch", "running"),
     "CAD.MOTION.EVAL_NET": ("student", "teacher"),
@@ -371,16 +368,12 @@ def _add_motion_config(cfg: CN) -> None:
     m.CLIP_LENGTH = 5
     # Model input (height, width); TRI-PD frames are resized x0.5 and cropped to 480x968.
     m.INPUT_SIZE = (480, 968)
-    # Pixel normalisation (x/255 - mean)/std per channel, in the networks' channel order
-    # (INPUT_FORMAT): 0.5/0.5 as DIOD; DIOD_DINOv2 applies ImageNet's RGB statistics
+    # Pixel normalisation (x/255 - mean)/std per channel of the networks' BGR input (DIOD
+    # datasetPD.py / datasetPDEval.py and xMOD's dataloaders read frames with cv2.imread and never
+    # convert them): 0.5/0.5 as DIOD; DIOD_DINOv2 applies ImageNet's RGB statistics
     # (0.485, 0.456, 0.406)/(0.229, 0.224, 0.225) to its BGR tensors as they are.
     m.PIXEL_MEAN = (0.5, 0.5, 0.5)
     m.PIXEL_STD = (0.5, 0.5, 0.5)
-    # Channel order the networks see: "BGR" (official: DIOD datasetPD.py / datasetPDEval.py and
-    # xMOD's dataloaders read frames with cv2.imread and never convert them; the colour
-    # augmentation is then applied to BGR tensors) or "RGB" (cad's earlier networks). The data
-    # mapper always yields RGB; the model flips the channels.
-    m.INPUT_FORMAT = "BGR"
     # Training augmentation shared by all frames: random resized crop (prob, area scale, fixed ratio).
     m.CROP_PROB = 0.4
     m.CROP_SCALE = (0.75, 1.0)
@@ -422,19 +415,6 @@ def _add_motion_config(cfg: CN) -> None:
     # BatchNorm statistics of the teachers' forward pass during self-distillation: "batch" (DIOD
     # trainPD_ts.py and xMOD train/trainer.py never put the teachers in eval mode) or "running".
     m.TEACHER_BN_STATS = "batch"
-    # Tokens' LayerNorm before the slot attention: "joint" = over [h*w, D] together (DIOD
-    # model_bg.SlotAttentionAutoEncoder.LN: parameters [h*w, D], tied to INPUT_SIZE) or "token" =
-    # over D per token (cad's earlier networks; any input size).
-    m.TOKEN_NORM = "joint"
-    # Biases of the slot attention's q/k/v projections (DIOD model_bg.SlotAttention: nn.Linear with bias).
-    m.QKV_BIAS = True
-    # Kernel of the decoder's last transposed convolution; 0 = the number of output channels
-    # (xMOD model_bg.Decoder.conv6: 3 for RGB as DIOD, 4 for the range image); cad's earlier: 3.
-    m.DECODER_FINAL_KERNEL = 0
-    # Random initialisation: "official" (DIOD models/resnet.py kaiming-normal fan_out convolutions,
-    # initial slots N(mu, |N(0,1)|)) or "cad" (PyTorch defaults, sigma ~ U(0,1): cad's earlier
-    # draw, which the synthetic configs keep so that their measured results stay reproducible).
-    m.INIT = "official"
     # Number of slots (the last one is the background slot), slot size, slot MLP hidden size.
     m.NUM_SLOTS = 45
     m.SLOT_DIM = 64

@@ -173,9 +173,8 @@ def test_dinov2_configs_are_the_official_ones(name, size, weights, epochs, teach
     check_choices(cfg)
     m, v, s = cfg.CAD.MOTION, cfg.CAD.VIT, cfg.SOLVER
     assert (m.ENCODER, m.VIT_LAYERS, v.ARCH, v.WEIGHTS, v.FREEZE, v.DEPTH, v.EMBED_DIM) == ("vit", 4, "dinov2_vits14", "", True, 0, 0)
-    assert (m.INPUT_FORMAT, m.PIXEL_MEAN, m.PIXEL_STD) == ("BGR", IMAGENET_MEAN, IMAGENET_STD)
-    assert (m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN) == (
-        "joint", True, 0, "official", 45, 64, 128)
+    assert (m.PIXEL_MEAN, m.PIXEL_STD) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert (m.ENCODER_NORM, m.NUM_SLOTS, m.SLOT_DIM, m.MLP_HIDDEN) == ("BN", 45, 64, 128)
     assert (s.BASE_LR, s.WARMUP_ITERS, m.LR_HALF_LIFE, m.LR_DECAY_IN_WARMUP, s.CLIP_GRADIENTS.CLIP_VALUE, s.IMS_PER_BATCH) == (
         5e-4, 3000, 50000, True, 1.0, 8)
     assert (m.MASK_WEIGHT, m.NLL_WEIGHT, m.REG_WEIGHT, m.TEACHER_WEIGHT, m.RECON_WEIGHT) == (1.0, 1.0, 0.3, 1.0, 1.0)

@@ -265,7 +265,7 @@ def test_slot_assignment_equals_the_official_equations_on_bgr_frames(tmp_path):
     _, model = load_official(official_cfg(), official_file(sd, tmp_path / "diod.ckpt"))
     bgr = bgr_frames(3)  # as cv2.imread gives them; DIOD never converts
     ref = official_forward(sd, (bgr.float() / 255 - 0.5) / 0.5)
-    with torch.no_grad():  # cad's mapper yields RGB; the model flips to BGR (CAD.MOTION.INPUT_FORMAT)
+    with torch.no_grad():  # cad's mapper yields RGB; the model flips to BGR
         out = model([{"image": bgr[0].flip(1)}])[0]
     assert torch.equal(out["masks"].argmax(1), ref["masks"][0].argmax(1))
     torch.testing.assert_close(out["masks"], ref["masks"][0], rtol=1e-4, atol=1e-5)
@@ -377,13 +377,9 @@ def test_wrong_files_and_settings_fail_with_one_message(tmp_path):
     refused(obj, cfg, r"^CAD.MOTION.WEIGHTS_3D '.*a.ckpt' is neither an xMOD epoch_\*_3d.ckpt .*\(xmod_3d layout\) nor a cad "
                       r"checkpoint holding students.3d.\*, teachers.3d.\*$")
     cfg = official_cfg()
-    cfg.CAD.MOTION.TOKEN_NORM, cfg.CAD.MOTION.QKV_BIAS = "token", False
-    refused(obj, cfg, r"^'a.ckpt' \(diod layout\) is the official network, which needs CAD.MOTION.TOKEN_NORM joint "
-                      r"\(the config has token\), CAD.MOTION.QKV_BIAS True \(the config has False\)$")
-    # the file's network takes BGR frames: an RGB config would load strictly and run on swapped colours
-    cfg = official_cfg()
-    cfg.CAD.MOTION.INPUT_FORMAT = "RGB"
-    refused(obj, cfg, r"needs CAD.MOTION.INPUT_FORMAT BGR \(the config has RGB\)$")
+    cfg.CAD.MOTION.ENCODER_NORM = "GN"
+    refused(obj, cfg, r"^'a.ckpt' \(diod layout\) is the official network, which needs CAD.MOTION.ENCODER_NORM BN "
+                      r"\(the config has GN\)$")
     cfg = official_cfg()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     refused(obj, cfg, r"MODEL.META_ARCHITECTURE DIOD or XMOD takes it, not GeneralizedRCNN$")
@@ -420,13 +416,13 @@ def test_resolution_tied_layernorm_reset_is_declared_and_reported(tmp_path, capl
     assert torch.equal(net.slot_attention.slots, sd["slot_attention.slots"])
 
 
-@pytest.mark.parametrize("name,official,eval_bn", [
-    ("DIOD/diod_tri_pd_burn_in.yaml", True, "batch"), ("DIOD/diod_tri_pd_ts.yaml", True, "batch"),
-    ("DIOD/diod_kitti_ts.yaml", True, "batch"), ("xMOD/xmod_tri_pd.yaml", True, "running"),
-    ("xMOD/xmod_kitti.yaml", True, "running"), ("DIOD/diod_synthetic.yaml", False, "running"),
-    ("xMOD/xmod_synthetic.yaml", False, "running"),
+@pytest.mark.parametrize("name,norm,eval_bn", [
+    ("DIOD/diod_tri_pd_burn_in.yaml", "BN", "batch"), ("DIOD/diod_tri_pd_ts.yaml", "BN", "batch"),
+    ("DIOD/diod_kitti_ts.yaml", "BN", "batch"), ("xMOD/xmod_tri_pd.yaml", "BN", "running"),
+    ("xMOD/xmod_kitti.yaml", "BN", "running"), ("DIOD/diod_synthetic.yaml", "GN", "batch"),
+    ("xMOD/xmod_synthetic.yaml", "GN", "running"),
 ])
-def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(name, official, eval_bn):
+def test_configs_keep_the_official_protocol_and_synthetic_ones_use_group_norm(name, norm, eval_bn):
     from cad.config import check_choices
 
     cfg = get_cfg()
@@ -434,8 +430,7 @@ def test_paper_configs_are_the_official_network_and_synthetic_ones_keep_cads(nam
     cfg.merge_from_file(str(Path(__file__).parents[1] / "configs" / name))
     check_choices(cfg)
     m = cfg.CAD.MOTION
-    got = (m.INPUT_FORMAT, m.TOKEN_NORM, m.QKV_BIAS, m.DECODER_FINAL_KERNEL, m.INIT, m.TEACHER_BN_STATS, m.ENCODER_NORM)
-    assert got == (("BGR", "joint", True, 0, "official", "batch", "BN") if official else ("RGB", "token", False, 3, "cad", "running", "GN"))
+    assert (m.ENCODER_NORM, m.TEACHER_BN_STATS) == (norm, "batch")
     assert m.EVAL_BN_STATS == eval_bn and m.PIXEL_MEAN == (0.5,) * 3 and m.PIXEL_STD == (0.5,) * 3
 
 

@@ -78,7 +78,7 @@ def _is_array(value: Any) -> bool:
 
 
 def cfg_value(cfg, key: str) -> Any:
-    """The value of the dotted config `key` (e.g. "CAD.MOTION.INPUT_FORMAT")."""
+    """The value of the dotted config `key` (e.g. "CAD.MOTION.ENCODER_NORM")."""
     node = cfg
     for part in key.split("."):
         node = getattr(node, part)

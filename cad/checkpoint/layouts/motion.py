@@ -25,9 +25,8 @@ without it they are missing and CAD.WEIGHTS_MAY_MISS decides. Each official netw
 to both the student and the EMA teacher (`students.<m>.*`, `teachers.<m>.*`: DIOD's TS run and
 xMOD's `_load_teacher_checkpoints` load both from the same file), and `distilling` is False (cad's
 trainer starts distillation at CAD.MOTION.TEACHER_START_ITER by copying the students, i.e. the
-same weights, as xMOD loads both from its files). The files need the official network (`requires`:
-DIOD's joint token LayerNorm, q/k/v biases, BatchNorm encoder, and BGR input — strict loading
-cannot see a colour-order mismatch) and its LayerNorm over [h*w, D] is tied to the input size
+same weights, as xMOD loads both from its files). The files need the official encoder (`requires`:
+the BatchNorm ResNet, or DIOD_DINOv2's ViT) and their LayerNorm over [h*w, D] is tied to the input size
 (`resolution_tied`: CAD.MOTION.RESET_RESOLUTION_TIED starts it anew, as DIOD's KITTI run does).
 """
 import re
@@ -64,12 +63,6 @@ _FIRST = {"resnet": "encoder_cnn.resnet.conv1.weight", "vit": "encoder_cnn.dinov
 _VIT = "encoder_cnn.dinov2_backbone."
 # DIOD_DINOv2 models/model_bg_dinov2.Encoder: torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14')
 OFFICIAL_VIT = "dinov2_vits14"
-# The official network (DIOD models/model_bg.py) and its input (cv2 frames, never converted).
-OFFICIAL_NETWORK = (
-    ("CAD.MOTION.TOKEN_NORM", ("joint",)),
-    ("CAD.MOTION.QKV_BIAS", (True,)),
-)
-BGR_INPUT = (("CAD.MOTION.INPUT_FORMAT", ("BGR",)),)
 # Each official encoder; xMOD's range network is always the BatchNorm ResNet.
 RESNET_ENCODER = (("CAD.MOTION.ENCODER_NORM", ("BN",)),)
 RGB_RESNET_ENCODER = (("CAD.MOTION.ENCODER", ("resnet",)),) + RESNET_ENCODER
@@ -173,7 +166,7 @@ WEIGHTS_3D = Companion("CAD.MOTION.WEIGHTS_3D", "xmod_3d", ("students.3d.", "tea
 _RGB = dict(
     to_cad=rgb_to_cad,
     archs=("DIOD", "XMOD"),
-    requires=OFFICIAL_NETWORK + BGR_INPUT + RGB_RESNET_ENCODER,
+    requires=RGB_RESNET_ENCODER,
     companion=WEIGHTS_3D,
     resolution_tied=RESOLUTION_TIED,
 )
@@ -188,13 +181,13 @@ XMOD_2D_LAYOUT = register_layout(Layout(
 XMOD_3D_LAYOUT = register_layout(Layout(
     "xmod_3d", lambda o: _kind(o) == ("resnet", 4), range_to_cad,
     "xMOD epoch_*_3d.ckpt (4-channel range network; XMOD takes it as CAD.MOTION.WEIGHTS_3D)",
-    archs=("DIOD3D",), requires=OFFICIAL_NETWORK + RESNET_ENCODER, resolution_tied=RESOLUTION_TIED,
+    archs=("DIOD3D",), requires=RESNET_ENCODER, resolution_tied=RESOLUTION_TIED,
 ))
 DIOD_DINOV2_LAYOUT = register_layout(Layout(
     "diod_dinov2", lambda o: _kind(o) == ("vit", 3),
     description="DIOD_DINOv2 trainPD_ts_dino.py / trainKITTI_ts_dinov2.py (xMOD dino_v2/ alike) {'model_state_dict': "
                 "DataParallel state dict with the dinov2_vits14 backbone} (student only)",
-    **{**_RGB, "requires": OFFICIAL_NETWORK + BGR_INPUT + RGB_VIT_ENCODER},
+    **{**_RGB, "requires": RGB_VIT_ENCODER},
 ))
 CAD_DIOD_LAYOUT = register_layout(Layout(
     "cad_diod", _is_cad_diod, lambda o: _not_distilling({k: v for k, v in cad_state(o).items() if k != "distilling"}),

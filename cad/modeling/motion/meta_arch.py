@@ -8,8 +8,8 @@ weight 1 + conf: trainPD_ts.computeWBCE_TS) and their pseudo-labels add the stat
 
 Inputs: list of dicts from `cad.data.motion.MotionClipMapper` (image uint8 [T, 3, H, W] RGB,
 motion_masks int [T, H, W] for training, range float [T, 4, H, W] for DIOD3D / XMOD). The networks see the
-frames in `input_format` channel order: DIOD and xMOD read frames with cv2 and never convert them
-(datasetPD.py, datasetPDEval.py, xMOD dataloaders), so the official networks take BGR.
+frames in BGR order: DIOD and xMOD read frames with cv2 and never convert them (datasetPD.py,
+datasetPDEval.py, xMOD dataloaders).
 Inference output per clip: {"masks": float [T, K, H/4, W/4], "fg": float [T, H/4, W/4]}.
 """
 import copy
@@ -39,7 +39,6 @@ def build_slot_network(cfg, modality: str) -> SlotVideoNet:
     return SlotVideoNet(
         CHANNELS[modality], width=m.ENCODER_WIDTH, num_slots=m.NUM_SLOTS, dim=m.SLOT_DIM, mlp_hidden=m.MLP_HIDDEN,
         decoder_hidden=m.DECODER_DIM, slot_iters=m.SLOT_ITERS, norm=m.ENCODER_NORM, input_size=tuple(m.INPUT_SIZE),
-        token_norm=m.TOKEN_NORM, qkv_bias=m.QKV_BIAS, final_kernel=m.DECODER_FINAL_KERNEL, official_init=m.INIT == "official",
         encoder=encoder,
     )
 
@@ -57,8 +56,7 @@ class _TeacherStudent(nn.Module):
     modalities: Tuple[str, ...] = ("2d",)
 
     @configurable
-    def __init__(self, *, networks: Dict[str, nn.Module], input_format: str = "BGR",
-                 pixel_mean: Sequence[float] = (0.5, 0.5, 0.5), pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
+    def __init__(self, *, networks: Dict[str, nn.Module], pixel_mean: Sequence[float] = (0.5, 0.5, 0.5), pixel_std: Sequence[float] = (0.5, 0.5, 0.5),
                  augment: Dict[str, Any], loss_weights: Dict[str, float], conf_thresh: float = 0.9,
                  min_pseudo_area: int = 10, eval_net: str = "student", eval_bn_batch_stats: bool = True,
                  teacher_bn_batch_stats: bool = True, device: str = "cpu"):
@@ -70,7 +68,7 @@ class _TeacherStudent(nn.Module):
         for p in self.teachers.parameters():
             p.requires_grad_(False)
         self.register_buffer("distilling", torch.zeros((), dtype=torch.bool))
-        self.input_format, self.pixel_mean, self.pixel_std = input_format, tuple(pixel_mean), tuple(pixel_std)
+        self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
         self.augment, self.loss_weights = dict(augment), dict(loss_weights)
         self.conf_thresh, self.min_pseudo_area, self.eval_net_name = conf_thresh, min_pseudo_area, eval_net
         self.eval_bn_batch_stats, self.teacher_bn_batch_stats = eval_bn_batch_stats, teacher_bn_batch_stats
@@ -81,7 +79,7 @@ class _TeacherStudent(nn.Module):
         m = cfg.CAD.MOTION
         return {
             "networks": {k: build_slot_network(cfg, k) for k in cls.modalities},
-            "input_format": m.INPUT_FORMAT, "pixel_mean": m.PIXEL_MEAN, "pixel_std": m.PIXEL_STD,
+            "pixel_mean": m.PIXEL_MEAN, "pixel_std": m.PIXEL_STD,
             "augment": {"jitter": tuple(m.COLOR_JITTER), "jitter_prob": m.COLOR_JITTER_PROB, "gray_prob": m.GRAYSCALE_PROB,
                         "solarize_prob": m.SOLARIZE_PROB},
             "loss_weights": {"recon": m.RECON_WEIGHT, "mask": m.MASK_WEIGHT, "nll": m.NLL_WEIGHT, "reg": m.REG_WEIGHT,
@@ -118,9 +116,9 @@ class _TeacherStudent(nn.Module):
             return net(x)
 
     def _images(self, batched_inputs: List[Dict]) -> torch.Tensor:
-        """float [B, T, 3, H, W] in [0, 1], in the networks' channel order (`input_format`)."""
+        """float [B, T, 3, H, W] in [0, 1] in BGR order (the mapper's RGB frames flipped)."""
         images = torch.stack([d["image"] for d in batched_inputs]).to(self.device).float() / 255
-        return images.flip(2) if self.input_format == "BGR" else images
+        return images.flip(2)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] in [0, 1] -> (x - mean) / std per channel (torchaug VideoNormalize)."""

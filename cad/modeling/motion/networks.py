@@ -10,11 +10,10 @@ frame 0, then `slot_iters` iterations per frame, DIOD: 1; slots carried from fra
 last slot is the background) -> masks = attention; the decoder reconstructs the input from the
 attention-weighted slot map.
 
-With `token_norm="joint"`, `qkv_bias=True`, `final_kernel=0` and BatchNorm this computes what the
-official network computes, and an official state dict loads one to one after the key renaming of
-`cad.checkpoint.layouts.motion`. The alternatives (per-token LayerNorm, bias-free
-projections, GroupNorm, a fixed 3x3 last decoder kernel, cad's earlier initialisation) are the
-options of earlier cad versions, kept for the synthetic configs.
+With BatchNorm this computes what the official network computes, and an official state dict loads
+one to one after the key renaming of `cad.checkpoint.layouts.motion`. GroupNorm (`norm="GN"`) is
+the one alternative: per-image statistics for data whose colours differ too much between clips for
+BatchNorm's running statistics (the synthetic configs).
 """
 import contextlib
 import math
@@ -76,12 +75,12 @@ def _stage(in_ch: int, out_ch: int, stride: int, norm: Callable[[int], nn.Module
 class Encoder(nn.Module):
     """ResNet-18 from scratch (DIOD models/resnet.py `ResNet._forward_impl`): conv 7x7/2, norm,
     ReLU, no max-pool, stages with strides (1, 2, 1, 1); `norm` "BN" (DIOD) or "GN".
-    `official_init`: convolutions kaiming-normal (fan_out, relu) as `ResNet.__init__`.
+    Convolutions are initialised kaiming-normal (fan_out, relu) as `ResNet.__init__`.
 
     [N, C_in, H, W] -> [N, 8*width, ceil(H/4), ceil(W/4)].
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN", official_init: bool = False):
+    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN"):
         super().__init__()
         n = norm_layer(norm)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), n(width), nn.ReLU(inplace=True))
@@ -89,10 +88,9 @@ class Encoder(nn.Module):
             _stage(width, width, 1, n), _stage(width, 2 * width, 2, n), _stage(2 * width, 4 * width, 1, n), _stage(4 * width, 8 * width, 1, n)
         )
         self.out_channels = 8 * width
-        if official_init:
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x))
@@ -172,32 +170,24 @@ def position_grid(h: int, w: int, device=None) -> torch.Tensor:
 
 class SlotAttention(nn.Module):
     """Slot attention (Locatello et al.) as DIOD's model_bg.SlotAttention.get_attention: LayerNorms
-    on inputs/slots/pre-MLP, q/k/v projections (with biases in DIOD: `qkv_bias`), softmax over
-    slots (+eps), weighted mean over inputs, GRUCell update, residual MLP.
+    on inputs/slots/pre-MLP, q/k/v projections with biases, softmax over slots (+eps), weighted
+    mean over inputs, GRUCell update, residual MLP.
 
-    The initial slots are one N(mu, sigma) draw made at construction, stored as the buffer `slots`
-    [1, K, D] (the same for every sample, saved in checkpoints). `official_init`: sigma = |N(0, 1)|
-    as DIOD; otherwise sigma ~ U(0, 1) (cad's earlier draw).
+    The initial slots are one N(mu, sigma) draw made at construction (mu ~ N(0, 1), sigma =
+    |N(0, 1)| as DIOD), stored as the buffer `slots` [1, K, D] (the same for every sample, saved in
+    checkpoints).
     """
 
-    def __init__(self, num_slots: int, dim: int, mlp_hidden: int = 128, eps: float = 1e-8, qkv_bias: bool = False,
-                 official_init: bool = False):
+    def __init__(self, num_slots: int, dim: int, mlp_hidden: int = 128, eps: float = 1e-8):
         super().__init__()
         self.num_slots, self.dim, self.eps, self.scale = num_slots, dim, eps, dim ** -0.5
         mu = torch.randn(1, 1, dim)
-        sigma = torch.randn(1, 1, dim).abs() if official_init else torch.rand(1, 1, dim)
+        sigma = torch.randn(1, 1, dim).abs()
         self.register_buffer("slots", mu + sigma * torch.randn(1, num_slots, dim))
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
         self.gru = nn.GRUCell(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.ReLU(inplace=True), nn.Linear(mlp_hidden, dim))
         self.norm_inputs, self.norm_slots, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # cad checkpoints before the official layout stored the initial slots as `slots_init` [K, D]
-        old = state_dict.pop(prefix + "slots_init", None)
-        if old is not None:
-            state_dict[prefix + "slots"] = old[None]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def initial_slots(self, batch: int) -> torch.Tensor:
         """[batch, K, D] copies of the stored initial slots."""
@@ -218,18 +208,18 @@ class SlotAttention(nn.Module):
 
 class Decoder(nn.Module):
     """DIOD model_bg.Decoder: six transposed convolutions (k4/s2/p1, k5/p2, k5/p2, k4/s2/p1, k5/p2,
-    k`final_kernel`/p1) with ReLUs in between: [B, D, h, w] -> [B, C, >=4h, >=4w], cropped to the
-    input size; `hidden` channels in between (DIOD: hidden = D). DIOD's last kernel is 3; xMOD's is
-    the number of output channels (3 for RGB, 4 for the range image): `final_kernel=0`."""
+    kC/p1 with C = out_channels, as xMOD model_bg.Decoder.conv6: 3 for RGB as DIOD, 4 for the range
+    image) with ReLUs in between: [B, D, h, w] -> [B, C, >=4h, >=4w], cropped to the input size;
+    `hidden` channels in between (DIOD: hidden = D)."""
 
-    def __init__(self, dim: int, out_channels: int, hidden: int = 0, final_kernel: int = 0):
+    def __init__(self, dim: int, out_channels: int, hidden: int = 0):
         super().__init__()
         hidden = hidden or dim
         specs = [(4, 2, 1), (5, 1, 2), (5, 1, 2), (4, 2, 1), (5, 1, 2)]
         layers = []
         for i, (k, s, p) in enumerate(specs):
             layers += [nn.ConvTranspose2d(dim if i == 0 else hidden, hidden, k, s, p), nn.ReLU(inplace=True)]
-        layers.append(nn.ConvTranspose2d(hidden, out_channels, final_kernel or out_channels, 1, 1))
+        layers.append(nn.ConvTranspose2d(hidden, out_channels, out_channels, 1, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -246,39 +236,30 @@ class SlotVideoNet(nn.Module):
     masks [B, T, K, H/4, W/4] (attention over slots, last = background), fg [B, T, H/4, W/4]
     (= 1 - background slot) and recon [B, T, C, H, W].
 
-    token_norm: "joint" = DIOD's LayerNorm over [h*w, D] jointly (its parameters are [h*w, D], tied
-    to `input_size`), "token" = LayerNorm over D per token (any input size). `official_init`: DIOD's
-    ResNet initialisation and slot draw (see `Encoder`, `SlotAttention`). `encoder`: a frame encoder
-    with `out_channels` giving stride-4 maps (`ViTEncoder`); None = the ResNet `Encoder`.
+    The tokens' LayerNorm is DIOD's, over [h*w, D] jointly: its parameters are [h*w, D], tied to
+    `input_size`. `encoder`: a frame encoder with `out_channels` giving stride-4 maps
+    (`ViTEncoder`); None = the ResNet `Encoder`.
     """
 
     def __init__(self, in_channels: int = 3, width: int = 64, num_slots: int = 45, dim: int = 64, mlp_hidden: int = 128,
-                 decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN", *, input_size: Optional[Tuple[int, int]] = None,
-                 token_norm: str = "token", qkv_bias: bool = False, final_kernel: int = 3, official_init: bool = False,
+                 decoder_hidden: int = 0, slot_iters: int = 1, norm: str = "BN", *, input_size: Tuple[int, int],
                  encoder: Optional[nn.Module] = None):
         super().__init__()
         self.slot_iters = slot_iters
-        self.encoder = encoder if encoder is not None else Encoder(in_channels, width, norm, official_init)
+        self.encoder = encoder if encoder is not None else Encoder(in_channels, width, norm)
         self.gru = ConvGRU(self.encoder.out_channels, dim, 2)
         self.pos = nn.Linear(4, dim)
-        if token_norm == "joint":
-            if input_size is None:
-                raise ValueError("token_norm 'joint' needs the input size (its LayerNorm is over [h*w, D])")
-            h, w = feature_size(input_size)
-            self.norm = nn.LayerNorm([h * w, dim])
-        elif token_norm == "token":
-            self.norm = nn.LayerNorm(dim)
-        else:
-            raise ValueError(f"unknown token norm '{token_norm}' (joint, token)")
+        h, w = feature_size(input_size)
+        self.norm = nn.LayerNorm([h * w, dim])
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-        self.slot_attention = SlotAttention(num_slots, dim, mlp_hidden, qkv_bias=qkv_bias, official_init=official_init)
-        self.decoder = Decoder(dim, in_channels, decoder_hidden, final_kernel)
+        self.slot_attention = SlotAttention(num_slots, dim, mlp_hidden)
+        self.decoder = Decoder(dim, in_channels, decoder_hidden)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         b, t, c, H, W = x.shape
         feats = self.encoder(x.reshape(b * t, c, H, W))
         h, w = feats.shape[-2:]
-        if len(self.norm.normalized_shape) == 2 and self.norm.normalized_shape[0] != h * w:
+        if self.norm.normalized_shape[0] != h * w:
             raise ValueError(f"input {H}x{W} gives {h}x{w} features; this network's LayerNorm over [h*w, D] "
                              f"was built for {self.norm.normalized_shape[0]} positions (CAD.MOTION.INPUT_SIZE)")
         feats = F.relu(self.gru(feats.reshape(b, t, -1, h, w)))  # [B, T, D, h, w]
