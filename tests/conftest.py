@@ -62,6 +62,26 @@ def run_tool(script: str, *args: str, env=None, timeout: int = 600, fresh: bool 
     )
 
 
+def merged_cfg(path: Path, opts=()):
+    """Detectron2's defaults + cad's keys + the config file `path` + the `KEY VALUE` list `opts`."""
+    from detectron2.config import get_cfg
+
+    from cad.config import add_cad_config
+
+    cfg = get_cfg()
+    add_cad_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def cfg_item(cfg, key: str):
+    """The value or node of the dotted `key` in `cfg`; KeyError when a part is not there."""
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 @pytest.fixture(autouse=True)
 def cad_logger_propagates():
     """`cad.engine.train.setup` (run in this process by the learning harness) stops the "cad"

@@ -22,15 +22,14 @@ import pytest
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
 from cad.backbones.swin import SwinBackbone, convert_swin_checkpoint, shifted_window_mask
 from cad.backbones.vit import WeightsNotFoundError, ppvit_resample_pos_embed
 from cad.checkpoint import CheckpointError, load_checkpoint
-from cad.config import add_cad_config
 from cad.engine.setup import apply_ssl_percentage
 from cad.modeling.mask2former.solver import mask2former_param_groups
+from conftest import cfg_item, merged_cfg
 
 torch.set_num_threads(1)
 
@@ -143,20 +142,9 @@ NOT_IN_CAD = {
 }
 
 
-def _cfg(config: Path, opts=()):
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
 def _lookup(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if part not in node:
-            raise KeyError(key)
-        node = node[part]
+    """`cfg_item`, a list for list/tuple values (the official files' YAML lists)."""
+    node = cfg_item(cfg, key)
     return list(node) if isinstance(node, (list, tuple)) else node
 
 
@@ -164,7 +152,7 @@ def _lookup(cfg, key: str):
 def test_configs_equal_the_official_ones_key_by_key(config):
     official_file, overrides = OFFICIAL[config]
     official = {**OFFICIAL_R50, **overrides}
-    cfg = _cfg(COCO / config)
+    cfg = merged_cfg(COCO / config)
     compared = 0
     for key, value in official.items():
         if key in NOT_IN_CAD:
@@ -183,8 +171,8 @@ def test_configs_equal_the_official_ones_key_by_key(config):
 
 def test_dinov2_large_0_4pct_configs():
     # The README's headline setting: DINOv2-L with 0.4 % of COCO's labels (SSL.PERCENTAGE 250 there).
-    teacher = _cfg(COCO / "dinov2_large_teacher_0.4pct.yaml")
-    student = _cfg(COCO / "dinov2_large_student_0.4pct.yaml")
+    teacher = merged_cfg(COCO / "dinov2_large_teacher_0.4pct.yaml")
+    student = merged_cfg(COCO / "dinov2_large_student_0.4pct.yaml")
     for cfg in (teacher, student):
         assert cfg.MODEL.BACKBONE.NAME == "DinoV2LargeBackbone" and cfg.SSL.PERCENTAGE == 250
         apply_ssl_percentage(cfg)  # as tools/train_net.py builds the config
@@ -207,7 +195,7 @@ def _fixture_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
 
 
 def _meta_backbone(config: Path, opts=()):
-    cfg = _cfg(config, ["CAD.VIT.WEIGHTS", "random", "MODEL.DEVICE", "cpu", *opts])
+    cfg = merged_cfg(config, ["CAD.VIT.WEIGHTS", "random", "MODEL.DEVICE", "cpu", *opts])
     with torch.device("meta"):
         return build_backbone(cfg)
 
@@ -310,9 +298,9 @@ _SMALL_SWIN = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], wi
     ("swin_ape", lambda: SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.0, ape=True, pretrain_img_size=64), (1, 3, 96, 128)),
     ("swin_train", lambda: SwinBackbone(**_SMALL_SWIN, drop_path_rate=0.3), (1, 3, 96, 160)),
     # DeiT floors 72 x 100 to 64 x 96 and resizes its 24 x 24 positions to 4 x 6.
-    ("deit", lambda: build_backbone(_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml",
+    ("deit", lambda: build_backbone(merged_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml",
                                          ["CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1"])), (1, 3, 72, 100)),
-    ("dinov2_large", lambda: build_backbone(_cfg(COCO / "dinov2/maskformer2_dinov2_large_bs16_50ep.yaml",
+    ("dinov2_large", lambda: build_backbone(merged_cfg(COCO / "dinov2/maskformer2_dinov2_large_bs16_50ep.yaml",
                                                  ["CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1"])), (1, 3, 64, 96)),
 ])
 def test_outputs_equal_the_official_backbones(name, make, size):
@@ -385,7 +373,7 @@ def test_vit_base_loads_the_official_file_and_computes_the_official_tokens(tmp_p
         shapes[f"transformer.blocks.0.{name}.bias"] = (shape[0],)
     state = {k: torch.randn(s, generator=g) * 0.2 for k, s in shapes.items()}
     torch.save(state, tmp_path / "B_16.pth")
-    cfg = _cfg(COCO / "dinov2/maskformer2_vit_large_bs16_50ep.yaml", [
+    cfg = merged_cfg(COCO / "dinov2/maskformer2_vit_large_bs16_50ep.yaml", [
         "MODEL.BACKBONE.NAME", "ViTBaseBackbone", "CAD.VIT.WEIGHTS", str(tmp_path / "B_16.pth"),
         "CAD.VIT.DEPTH", "1", "CAD.VIT.EMBED_DIM", str(dim), "CAD.VIT.NUM_HEADS", "2"])
     vit = build_backbone(cfg).model
@@ -400,7 +388,7 @@ def test_vit_base_loads_the_official_file_and_computes_the_official_tokens(tmp_p
 
 
 def test_vit_large_has_no_official_weights():
-    cfg = _cfg(COCO / "dinov2/maskformer2_vit_large_bs16_50ep.yaml", ["MODEL.DEVICE", "cpu"])
+    cfg = merged_cfg(COCO / "dinov2/maskformer2_vit_large_bs16_50ep.yaml", ["MODEL.DEVICE", "cpu"])
     with pytest.raises(WeightsNotFoundError, match="no released file"):
         build_backbone(cfg)
 
@@ -430,7 +418,7 @@ def _swin_release_file(model_state: Dict[str, torch.Tensor], g: torch.Generator)
 
 
 def test_swin_release_converted_to_pkl_initialises_the_backbone(tmp_path):
-    cfg = _cfg(GD / "mask2former_tiny_synthetic_teacher.yaml", TINY_SWIN)
+    cfg = merged_cfg(GD / "mask2former_tiny_synthetic_teacher.yaml", TINY_SWIN)
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     release = _swin_release_file(before, torch.Generator().manual_seed(0))
@@ -459,28 +447,28 @@ def test_swin_release_converted_to_pkl_initialises_the_backbone(tmp_path):
 
 def test_deit_release_loads_strictly_without_its_classifier(tmp_path):
     opts = ["CAD.VIT.DEPTH", "1", "CAD.VIT.EMBED_DIM", "48", "CAD.VIT.NUM_HEADS", "2"]
-    reference = build_backbone(_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", "random", *opts]))
+    reference = build_backbone(merged_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", "random", *opts]))
     weights = {k: v + 1.0 for k, v in reference.model.state_dict().items()}
     torch.save({"model": {**weights, "head.weight": torch.zeros(1000, 48), "head.bias": torch.zeros(1000)}}, tmp_path / "deit.pth")
-    cfg = _cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", str(tmp_path / "deit.pth"), *opts])
+    cfg = merged_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", str(tmp_path / "deit.pth"), *opts])
     loaded = build_backbone(cfg).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in weights.items())
     torch.save({"model": weights}, tmp_path / "headless.pth")
     with pytest.raises(CheckpointError, match=r"\(top-level keys: model\) is not a DeiT release .*head"):
-        build_backbone(_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", str(tmp_path / "headless.pth"), *opts]))
+        build_backbone(merged_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", str(tmp_path / "headless.pth"), *opts]))
 
 
 def test_weight_decay_groups_are_the_official_ones():
     # Official build_optimizer: no decay for relative_position_bias_table / absolute_pos_embed and
     # norms; a ViT's pos_embed and cls_token are decayed (they are neither).
-    cfg = _cfg(GD / "mask2former_tiny_synthetic_teacher.yaml", TINY_SWIN + ["MODEL.SWIN.APE", "True"])
+    cfg = merged_cfg(GD / "mask2former_tiny_synthetic_teacher.yaml", TINY_SWIN + ["MODEL.SWIN.APE", "True"])
     swin = build_model(cfg)
     decay = {id(g["params"][0]): g["weight_decay"] for g in mask2former_param_groups(cfg, swin)}
     named = dict(swin.named_parameters())
     assert decay[id(named["backbone.layers.0.blocks.0.attn.relative_position_bias_table"])] == 0.0
     assert decay[id(named["backbone.absolute_pos_embed"])] == 0.0
     assert decay[id(named["backbone.layers.0.blocks.0.attn.qkv.weight"])] == 0.05
-    cfg = _cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1"])
+    cfg = merged_cfg(COCO / "deit/maskformer2_deit_base_bs16_50ep.yaml", ["CAD.VIT.WEIGHTS", "random", "CAD.VIT.DEPTH", "1"])
     backbone = build_backbone(cfg)
     wrapper = torch.nn.Module()
     wrapper.backbone = backbone

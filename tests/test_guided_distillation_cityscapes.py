@@ -21,7 +21,7 @@ from cad.data.paths import DatasetMissingError
 from cad.data.synthetic_cityscapes import CityscapesLayoutSplit, image_stem, write_cityscapes_split
 from cad.engine.cli import run
 from cad.evaluation.build import build_evaluator
-from conftest import REPO
+from conftest import REPO, cfg_item, merged_cfg
 
 CITYSCAPES = REPO / "configs" / "GuidedDistillation" / "cityscapes"
 R50 = CITYSCAPES / "maskformer2_R50_bs16_90k.yaml"
@@ -91,35 +91,19 @@ NOT_IN_CAD = {
 }
 
 
-def _merged(path: Path):
-    return _merged_with(path, [])
-
-
-def _merged_with(path: Path, opts):
-    cfg = get_cfg()
-    add_cad_config(cfg)
-    cfg.merge_from_file(str(path))
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def _get(cfg, key: str):
-    for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
 
 
 def test_configs_equal_the_official_ones_key_by_key():
-    cfg = _merged(R50)
+    cfg = merged_cfg(R50)
     for key, value in OFFICIAL_R50.items():
-        got = _get(cfg, key)
+        got = cfg_item(cfg, key)
         assert (list(got) if isinstance(got, (list, tuple)) and not key.startswith("DATASETS") else got) == value, key
     for key in NOT_IN_CAD:
         with pytest.raises(KeyError):
-            _get(cfg, key)
+            cfg_item(cfg, key)
     for pct in (5, 10, 20, 30):
         for stage, ssl in (("teacher", False), ("student", True)):
-            variant = _merged(CITYSCAPES / f"r50_{stage}_{pct}pct.yaml")
+            variant = merged_cfg(CITYSCAPES / f"r50_{stage}_{pct}pct.yaml")
             assert (variant.SSL.PERCENTAGE, variant.SSL.TRAIN_SSL) == (pct, ssl)
             variant.merge_from_list(["SSL.PERCENTAGE", "100", "SSL.TRAIN_SSL", "True", "OUTPUT_DIR", cfg.OUTPUT_DIR])
             assert variant == cfg  # nothing else differs from the official file
@@ -178,14 +162,14 @@ def _set(cfg, key: str, value) -> None:
 @pytest.mark.parametrize("config", sorted(OFFICIAL_BACKBONES))
 def test_backbone_configs_equal_the_official_ones_key_by_key(config):
     official, _ = OFFICIAL_BACKBONES[config]
-    cfg, r50 = _merged(CITYSCAPES / config), _merged(R50)
+    cfg, r50 = merged_cfg(CITYSCAPES / config), merged_cfg(R50)
     for key, value in official.items():
-        got = _get(cfg, key)
+        got = cfg_item(cfg, key)
         assert (list(got) if isinstance(got, (list, tuple)) else got) == value, (config, key)
-        _set(cfg, key, _get(r50, key))
+        _set(cfg, key, cfg_item(r50, key))
     for key in NOT_IN_CAD:
         with pytest.raises(KeyError):
-            _get(cfg, key)
+            cfg_item(cfg, key)
     assert cfg == r50  # every other value is the official R50 file's (pinned by OFFICIAL_R50)
 
 
@@ -197,11 +181,11 @@ def test_backbone_configs_build_and_run_at_cityscapes_sizes(config):
     and the test size (1024 x 2048): DINOv2 rounds them up to 518 x 1036 / 1036 x 2058 (37 x 74 /
     74 x 147 tokens), DeiT keeps them (32 x 64 / 64 x 128), Swin pads its windows, as the official code."""
     opts = ["CAD.VIT.WEIGHTS", "random", "MODEL.DEVICE", "meta"]
-    cfg = _merged(CITYSCAPES / config)
+    cfg = merged_cfg(CITYSCAPES / config)
     cfg.merge_from_list(opts)
     with torch.device("meta"):
         model = build_model(cfg)
-        coco = build_backbone(_merged_with(REPO / "configs/GuidedDistillation/coco" / OFFICIAL_BACKBONES[config][1],
+        coco = build_backbone(merged_cfg(REPO / "configs/GuidedDistillation/coco" / OFFICIAL_BACKBONES[config][1],
                                            [*opts, "MODEL.RESNETS.NORM", "SyncBN"]))
     assert {k: v.shape for k, v in model.backbone.state_dict().items()} == {k: v.shape for k, v in coco.state_dict().items()}
     assert model.sem_seg_head.predictor.class_embed.out_features == 8 + 1
